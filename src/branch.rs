@@ -1,0 +1,621 @@
+//! The branch protocol: PostgreSQL 15's `createdb()`, step by step, with
+//! the copy replaced by a copy-on-write clone. Read it side by side with
+//! `src/backend/commands/dbcommands.c`; where it differs, the comment says
+//! so and why. Numbers refer to the steps of DESIGN.md.
+
+use crate::catalog::{self, DatabaseRow, NewDatabase};
+use crate::cleanup;
+use crate::error::{error, Report};
+use crate::ffi;
+use crate::options::CreatedbOptions;
+use crate::wal;
+use pg_branch_storage::{clone_dir, probe, Method, Unsupported};
+use pgrx::pg_sys::{self, Oid};
+use pgrx::prelude::*;
+use std::ffi::{CStr, CString};
+use std::path::PathBuf;
+use std::time::Instant;
+
+/// One directory of the template to clone: the template's directory in
+/// tablespace `src_tablespace`, into `dst_tablespace`.
+#[derive(Debug)]
+pub struct CloneStep {
+    pub src_tablespace: Oid,
+    pub dst_tablespace: Oid,
+    pub src: PathBuf,
+    pub method: Method,
+}
+
+/// Decide how each directory of database `src_db` (default tablespace
+/// `src_default`) is cloned when the new database's default tablespace is
+/// `dst_default`; or why it cannot be.
+///
+/// Like core's FILE_COPY, only tablespaces where the template has a
+/// non-empty directory are copied, and the template's default tablespace
+/// maps to the new database's default tablespace.
+pub fn plan(
+    src_db: Oid,
+    src_default: Oid,
+    dst_default: Oid,
+) -> Result<Vec<CloneStep>, Unsupported> {
+    let mut steps = Vec::new();
+    for ts in catalog::tablespaces() {
+        let src = ffi::database_path(src_db, ts);
+        let has_files = std::fs::read_dir(&src)
+            .map(|mut d| d.next().is_some())
+            .unwrap_or(false);
+        if !has_files {
+            continue;
+        }
+        let dst_tablespace = if ts == src_default { dst_default } else { ts };
+        let dst_parent = catalog::tablespace_dir(dst_tablespace);
+        let method = match probe(&src, &dst_parent) {
+            Ok(Ok(m)) => m,
+            Ok(Err(why)) => return Err(why),
+            Err(e) => {
+                return Err(Unsupported {
+                    reason: format!("could not probe \"{}\": {e}", dst_parent.display()),
+                })
+            }
+        };
+        steps.push(CloneStep {
+            src_tablespace: ts,
+            dst_tablespace,
+            src,
+            method,
+        });
+    }
+    Ok(steps)
+}
+
+/// Create the database of `stmt` as a branch of its template. The hook has
+/// already decided the statement is ours (DESIGN step 1).
+///
+/// # Safety
+/// `pstate` and `stmt` must be valid; must run as a top-level statement
+/// outside a transaction block (the hook checked it).
+pub unsafe fn createdb(pstate: *mut pg_sys::ParseState, stmt: *const pg_sys::CreatedbStmt) -> Oid {
+    let started = Instant::now();
+    let dbname = CStr::from_ptr((*stmt).dbname);
+
+    // 2. Validate like core, in core's order: options, owner, privileges,
+    // template, locale, tablespace, name, and last the busy check, which
+    // may wait.
+    let o = CreatedbOptions::parse(pstate, stmt);
+
+    let owner = match &o.owner {
+        Some(role) => pg_sys::get_role_oid(role.as_ptr(), false),
+        None => pg_sys::GetUserId(),
+    };
+
+    // To create a database, must have CREATEDB and must be able to become
+    // the owner (guards against "giveaway" attacks), as in core.
+    if !have_createdb_privilege() {
+        error(
+            PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+            "permission denied to create database",
+        );
+    }
+    pg_sys::check_is_member_of_role(pg_sys::GetUserId(), owner);
+
+    // 3. Pin the template. ShareLock, as core: concurrent CREATE DATABASEs
+    // from the same template may proceed, while DROP DATABASE, RENAME and
+    // SET TABLESPACE (all AccessExclusiveLock) wait; new connections to
+    // the template wait too (they take RowExclusiveLock), which together
+    // with the busy check below keeps the template's files still while we
+    // clone them. (Issue "live templates" lowers this to a writer fence.)
+    let template_name = o
+        .template
+        .clone()
+        .unwrap_or_else(|| c"template1".to_owned());
+    let template =
+        catalog::lock_database(&template_name, pg_sys::ShareLock as _).unwrap_or_else(|| {
+            error(
+                PgSqlErrorCode::ERRCODE_INVALID_CATALOG_NAME,
+                format!(
+                    "template database \"{}\" does not exist",
+                    template_name.to_string_lossy()
+                ),
+            )
+        });
+
+    // A template interrupted in the middle of DROP DATABASE is not one.
+    if pg_sys::database_is_invalid_oid(template.oid) {
+        Report::new(
+            PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            format!(
+                "cannot use invalid database \"{}\" as template",
+                template_name.to_string_lossy()
+            ),
+        )
+        .hint("Use DROP DATABASE to drop invalid databases.")
+        .error();
+    }
+
+    // To copy a database not marked datistemplate, you must own it (or be
+    // superuser).
+    if !template.is_template && !pg_sys::pg_database_ownercheck(template.oid, pg_sys::GetUserId()) {
+        error(
+            PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+            format!(
+                "permission denied to copy database \"{}\"",
+                template_name.to_string_lossy()
+            ),
+        );
+    }
+
+    // Core validates STRATEGY here. WAL_LOG and FILE_COPY never reach us
+    // (the hook hands them to core), so anything but SNAPSHOT is invalid;
+    // the hint names every strategy the server now understands.
+    if let Some(s) = &o.strategy {
+        if !["snapshot", "wal_log", "file_copy"].contains(&s.to_lowercase().as_str()) {
+            Report::new(
+                PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+                format!("invalid create database strategy \"{s}\""),
+            )
+            .hint("Valid strategies are \"wal_log\", \"file_copy\" and \"snapshot\".")
+            .error();
+        }
+    }
+
+    let locale = resolve_locale(&o, &template, &template_name);
+    let collation_version = resolve_collation_version(&o, &template, &template_name, &locale);
+    let dst_tablespace = resolve_tablespace(&o, &template, &template_name);
+
+    // A friendlier message than the unique-index violation; the race with
+    // a concurrent CREATE of the same name is accepted, as in core.
+    if pg_sys::get_database_oid(dbname.as_ptr(), true) != pg_sys::InvalidOid {
+        error(
+            PgSqlErrorCode::ERRCODE_DUPLICATE_DATABASE,
+            format!("database \"{}\" already exists", dbname.to_string_lossy()),
+        );
+    }
+
+    // As core (for now): the template may have no other backends, except
+    // this one. Last among the checks, because it waits up to 5 s.
+    let (mut others, mut prepared) = (0, 0);
+    if pg_sys::CountOtherDBBackends(template.oid, &mut others, &mut prepared) {
+        Report::new(
+            PgSqlErrorCode::ERRCODE_OBJECT_IN_USE,
+            format!(
+                "source database \"{}\" is being accessed by other users",
+                template_name.to_string_lossy()
+            ),
+        )
+        .detail(busy_detail(others, prepared))
+        .error();
+    }
+
+    // How to clone each directory, decided now that the template is
+    // locked. The hook probed the same before handing us the statement, so
+    // this fails only if the template moved in between.
+    let steps = plan(template.oid, template.tablespace, dst_tablespace).unwrap_or_else(|why| {
+        Report::new(
+            PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
+            format!(
+                "cannot branch database \"{}\"",
+                template_name.to_string_lossy()
+            ),
+        )
+        .detail(why.reason)
+        .error()
+    });
+
+    // 4. Catalog row first, as core does. pg_database stays locked
+    // RowExclusive until commit. The row is invisible to others until then,
+    // and a concurrent CREATE of the same name blocks on the unique index
+    // and fails once we commit.
+    let rel = pg_sys::table_open(pg_sys::DatabaseRelationId, pg_sys::RowExclusiveLock as _);
+    let dboid = choose_oid(rel, o.oid);
+    catalog::insert_database_row(
+        rel,
+        &NewDatabase {
+            oid: dboid,
+            name: dbname,
+            owner,
+            encoding: locale.encoding,
+            locale_provider: locale.provider,
+            is_template: o.is_template,
+            allow_connections: o.allow_connections,
+            connection_limit: o.connection_limit,
+            tablespace: dst_tablespace,
+            collate: &locale.collate,
+            ctype: &locale.ctype,
+            icu_locale: locale.icu_locale.as_deref(),
+            collation_version: collation_version.as_deref(),
+        },
+        &template,
+    );
+    catalog::record_dependencies(dboid, owner, template.oid);
+
+    // 6.-11. From the first clone on, any failure must remove what was
+    // cloned (cleanup.rs); the catalog row goes with the aborted
+    // transaction.
+    let method = cleanup::guarded(dboid, || {
+        // 6. Flush. Every page of the template that committed transactions
+        // changed goes to the kernel, so the clone sees it. Nothing can
+        // dirty the template meanwhile: it has no other backends and new
+        // connections wait for our ShareLock. Unlike core's FILE_COPY we do
+        // not checkpoint first: a file whose unlink the checkpointer has
+        // deferred is either skipped (it vanished) or cloned as the empty
+        // tombstone it is, which no relation of the branch refers to.
+        pg_sys::FlushDatabaseBuffers(template.oid);
+
+        // 7. Clone each directory, and 8. log each one as core's FILE_COPY
+        // does, so crash recovery and standbys can rebuild it.
+        let mut method = Method::Snapshot;
+        for step in &steps {
+            let dst = ffi::database_path(dboid, step.dst_tablespace);
+            cleanup::created(step.dst_tablespace, dst.clone());
+            if let Err(e) = clone_dir(&step.src, &dst, step.method) {
+                clone_error(&step.src, &dst, step.method, e);
+            }
+            wal::log_create(
+                dboid,
+                step.dst_tablespace,
+                template.oid,
+                step.src_tablespace,
+            );
+            cleanup::logged(step.dst_tablespace);
+            if step.method == Method::Reflink {
+                method = Method::Reflink;
+            }
+        }
+
+        // 10. Full-page-image rule, the way core's FILE_COPY keeps it: a
+        // checkpoint after the copy and before commit, so ordinary crash
+        // recovery never replays the records above (replay would re-copy
+        // the template as it is then, not as it was), and the first change
+        // to every page of the branch is logged with a full-page image.
+        ffi::request_checkpoint(
+            ffi::CHECKPOINT_IMMEDIATE | ffi::CHECKPOINT_FORCE | ffi::CHECKPOINT_WAIT,
+        );
+
+        pg_sys::table_close(rel, pg_sys::NoLock as _);
+
+        // As core: commit synchronously, to shorten the window in which a
+        // crash leaves a directory that no pg_database row owns.
+        pg_sys::ForceSyncCommit();
+        method
+    });
+
+    Report::new(
+        PgSqlErrorCode::ERRCODE_SUCCESSFUL_COMPLETION,
+        format!(
+            "branched database \"{}\" from \"{}\" by {} in {:.1} ms",
+            dbname.to_string_lossy(),
+            template_name.to_string_lossy(),
+            method,
+            started.elapsed().as_secs_f64() * 1000.0
+        ),
+    )
+    .debug1();
+    dboid
+}
+
+/// Core's `have_createdb_privilege()`.
+fn have_createdb_privilege() -> bool {
+    // SAFETY: syscache lookup of the current role, released before return.
+    unsafe {
+        if pg_sys::superuser() {
+            return true;
+        }
+        let cache = pg_sys::SysCacheIdentifier::AUTHOID as i32;
+        let tuple = pg_sys::SearchSysCache1(cache, pg_sys::GetUserId().into());
+        if tuple.is_null() {
+            return false;
+        }
+        let ok = (*pg_sys::heap_tuple_get_struct::<pg_sys::FormData_pg_authid>(tuple)).rolcreatedb;
+        pg_sys::ReleaseSysCache(tuple);
+        ok
+    }
+}
+
+/// Core's `errdetail_busy_db()`.
+fn busy_detail(others: i32, prepared: i32) -> String {
+    match (others, prepared) {
+        (o, p) if o > 0 && p > 0 => format!(
+            "There are {o} other session(s) and {p} prepared transaction(s) using the database."
+        ),
+        (1, _) => "There is 1 other session using the database.".into(),
+        (o, 0) => format!("There are {o} other sessions using the database."),
+        (_, 1) => "There is 1 prepared transaction using the database.".into(),
+        (_, p) => format!("There are {p} prepared transactions using the database."),
+    }
+}
+
+/// Encoding and locale of the new database.
+struct Locale {
+    encoding: i32,
+    collate: CString,
+    ctype: CString,
+    provider: i8,
+    icu_locale: Option<CString>,
+}
+
+/// Defaults from the template, then core's checks. The bytes of the branch
+/// are the template's, so core's rule that they must match the template's
+/// (except for template0, assumed to hold only ASCII and no
+/// collation-dependent indexes) is exactly the rule a branch needs.
+unsafe fn resolve_locale(o: &CreatedbOptions, t: &DatabaseRow, template_name: &CStr) -> Locale {
+    let encoding = if o.encoding < 0 {
+        t.encoding
+    } else {
+        o.encoding
+    };
+    let provider = if o.locale_provider == 0 {
+        t.locale_provider
+    } else {
+        o.locale_provider
+    };
+    let icu_locale = o.icu_locale.clone().or_else(|| {
+        (provider == pg_sys::COLLPROVIDER_ICU as i8)
+            .then(|| t.icu_locale.clone())
+            .flatten()
+    });
+    let enc_name = |e: i32| {
+        CStr::from_ptr(pg_sys::pg_encoding_to_char(e))
+            .to_string_lossy()
+            .into_owned()
+    };
+
+    if pg_sys::pg_valid_server_encoding_id(encoding) == 0 {
+        error(
+            PgSqlErrorCode::ERRCODE_WRONG_OBJECT_TYPE,
+            format!("invalid server encoding {encoding}"),
+        );
+    }
+    let canonical = |category: i32, name: &CString| {
+        ffi::check_locale(category, name).unwrap_or_else(|| {
+            error(
+                PgSqlErrorCode::ERRCODE_WRONG_OBJECT_TYPE,
+                format!("invalid locale name: \"{}\"", name.to_string_lossy()),
+            )
+        })
+    };
+    let collate = canonical(libc::LC_COLLATE, o.collate.as_ref().unwrap_or(&t.collate));
+    let ctype = canonical(libc::LC_CTYPE, o.ctype.as_ref().unwrap_or(&t.ctype));
+    pg_sys::check_encoding_locale_matches(encoding, collate.as_ptr(), ctype.as_ptr());
+
+    if provider == pg_sys::COLLPROVIDER_ICU as i8 {
+        if !pg_sys::is_encoding_supported_by_icu(encoding) {
+            error(
+                PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+                format!(
+                    "encoding \"{}\" is not supported with ICU provider",
+                    enc_name(encoding)
+                ),
+            );
+        }
+        // Happens if template0 uses libc but the new database asks for ICU.
+        let Some(icu) = &icu_locale else {
+            error(
+                PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+                "ICU locale must be specified",
+            )
+        };
+        ffi::check_icu_locale(icu);
+    } else if icu_locale.is_some() {
+        error(
+            PgSqlErrorCode::ERRCODE_INVALID_OBJECT_DEFINITION,
+            "ICU locale cannot be specified unless locale provider is ICU",
+        );
+    }
+
+    if template_name.to_bytes() != b"template0" {
+        let mismatch = |what: String, hint: &str| -> ! {
+            Report::new(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, what)
+                .hint(format!("Use the same {hint} as in the template database, or use template0 as template."))
+                .error()
+        };
+        let s = |c: &CStr| c.to_string_lossy().into_owned();
+        if encoding != t.encoding {
+            mismatch(
+                format!(
+                    "new encoding ({}) is incompatible with the encoding of the template database ({})",
+                    enc_name(encoding),
+                    enc_name(t.encoding)
+                ),
+                "encoding",
+            );
+        }
+        if collate != t.collate {
+            mismatch(
+                format!(
+                    "new collation ({}) is incompatible with the collation of the template database ({})",
+                    s(&collate),
+                    s(&t.collate)
+                ),
+                "collation",
+            );
+        }
+        if ctype != t.ctype {
+            mismatch(
+                format!(
+                    "new LC_CTYPE ({}) is incompatible with the LC_CTYPE of the template database ({})",
+                    s(&ctype),
+                    s(&t.ctype)
+                ),
+                "LC_CTYPE",
+            );
+        }
+        if provider != t.locale_provider {
+            let name = |p: i8| {
+                CStr::from_ptr(pg_sys::collprovider_name(p as _))
+                    .to_string_lossy()
+                    .into_owned()
+            };
+            mismatch(
+                format!(
+                    "new locale provider ({}) does not match locale provider of the template database ({})",
+                    name(provider),
+                    name(t.locale_provider)
+                ),
+                "locale provider",
+            );
+        }
+        if provider == pg_sys::COLLPROVIDER_ICU as i8 && icu_locale != t.icu_locale {
+            mismatch(
+                format!(
+                    "new ICU locale ({}) is incompatible with the ICU locale of the template database ({})",
+                    icu_locale.as_deref().map(s).unwrap_or_default(),
+                    t.icu_locale.as_deref().map(s).unwrap_or_default()
+                ),
+                "ICU locale",
+            );
+        }
+    }
+    Locale {
+        encoding,
+        collate,
+        ctype,
+        provider,
+        icu_locale,
+    }
+}
+
+/// Core's collation-version rule: the template's recorded version must
+/// match what the OS provides now, unless the statement names a version
+/// (as pg_upgrade does); the new database records the template's version.
+unsafe fn resolve_collation_version(
+    o: &CreatedbOptions,
+    t: &DatabaseRow,
+    template_name: &CStr,
+    l: &Locale,
+) -> Option<CString> {
+    let provider_locale = || {
+        if l.provider == pg_sys::COLLPROVIDER_ICU as i8 {
+            l.icu_locale.clone().expect("ICU locale checked above")
+        } else {
+            l.collate.clone()
+        }
+    };
+    let name = template_name.to_string_lossy();
+    if let (Some(recorded), None) = (&t.collation_version, &o.collation_version) {
+        let Some(actual) = ffi::collation_actual_version(l.provider as _, &provider_locale())
+        else {
+            error(
+                PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
+                format!("template database \"{name}\" has a collation version, but no actual collation version could be determined"),
+            )
+        };
+        if &actual != recorded {
+            let quoted =
+                CStr::from_ptr(pg_sys::quote_identifier(template_name.as_ptr())).to_string_lossy();
+            Report::new(
+                PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
+                format!("template database \"{name}\" has a collation version mismatch"),
+            )
+            .detail(format!(
+                "The template database was created using collation version {}, but the operating system provides version {}.",
+                recorded.to_string_lossy(),
+                actual.to_string_lossy()
+            ))
+            .hint(format!(
+                "Rebuild all objects in the template database that use the default collation and run ALTER DATABASE {quoted} REFRESH COLLATION VERSION, or build PostgreSQL with the right library version."
+            ))
+            .error();
+        }
+    }
+    o.collation_version
+        .clone()
+        .or_else(|| t.collation_version.clone())
+        .or_else(|| ffi::collation_actual_version(l.provider as _, &provider_locale()))
+}
+
+/// The new database's default tablespace, checked as core checks it.
+unsafe fn resolve_tablespace(o: &CreatedbOptions, t: &DatabaseRow, template_name: &CStr) -> Oid {
+    let Some(name) = &o.tablespace else {
+        // No permission check on this path, as in core.
+        return t.tablespace;
+    };
+    let ts = pg_sys::get_tablespace_oid(name.as_ptr(), false);
+    let acl = pg_sys::pg_tablespace_aclcheck(ts, pg_sys::GetUserId(), pg_sys::ACL_CREATE as _);
+    if acl != pg_sys::AclResult::ACLCHECK_OK {
+        pg_sys::aclcheck_error(acl, pg_sys::ObjectType::OBJECT_TABLESPACE, name.as_ptr());
+    }
+    if ts == pg_sys::GLOBALTABLESPACE_OID {
+        error(
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            "pg_global cannot be used as default tablespace",
+        );
+    }
+    // As core: moving the default tablespace is refused if the template
+    // already has files in the new one, or the copy's pg_class would name
+    // that tablespace both explicitly and as "default".
+    if ts != t.tablespace {
+        let src = ffi::database_path(t.oid, ts);
+        if std::fs::read_dir(&src)
+            .map(|mut d| d.next().is_some())
+            .unwrap_or(false)
+        {
+            Report::new(
+                PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
+                format!("cannot assign new default tablespace \"{}\"", name.to_string_lossy()),
+            )
+            .detail(format!(
+                "There is a conflict because database \"{}\" already has some tables in this tablespace.",
+                template_name.to_string_lossy()
+            ))
+            .error();
+        }
+    }
+    ts
+}
+
+/// The new database's OID: the one given with OID (checked as core checks
+/// it) or a new one whose directory name is free in every tablespace.
+unsafe fn choose_oid(rel: pg_sys::Relation, requested: Oid) -> Oid {
+    if requested == pg_sys::InvalidOid {
+        return catalog::new_database_oid(rel);
+    }
+    let existing = pg_sys::get_database_name(requested);
+    if !existing.is_null() {
+        error(
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            format!(
+                "database OID {} is already in use by database \"{}\"",
+                requested.to_u32(),
+                CStr::from_ptr(existing).to_string_lossy()
+            ),
+        );
+    }
+    if catalog::file_conflict(requested) {
+        error(
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            format!(
+                "data directory with the specified OID {} already exists",
+                requested.to_u32()
+            ),
+        );
+    }
+    requested
+}
+
+/// Report a failed clone with the errno's SQLSTATE, as core's
+/// `errcode_for_file_access()` would classify it.
+fn clone_error(
+    src: &std::path::Path,
+    dst: &std::path::Path,
+    method: Method,
+    e: std::io::Error,
+) -> ! {
+    let code = match e.raw_os_error() {
+        Some(libc::ENOSPC) => PgSqlErrorCode::ERRCODE_DISK_FULL,
+        Some(libc::EACCES) | Some(libc::EPERM) | Some(libc::EROFS) => {
+            PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE
+        }
+        Some(libc::ENOENT) => PgSqlErrorCode::ERRCODE_UNDEFINED_FILE,
+        Some(libc::EEXIST) => PgSqlErrorCode::ERRCODE_DUPLICATE_FILE,
+        Some(libc::EMFILE) | Some(libc::ENFILE) => PgSqlErrorCode::ERRCODE_INSUFFICIENT_RESOURCES,
+        _ => PgSqlErrorCode::ERRCODE_IO_ERROR,
+    };
+    error(
+        code,
+        format!(
+            "could not {method} directory \"{}\" to \"{}\": {e}",
+            src.display(),
+            dst.display()
+        ),
+    )
+}

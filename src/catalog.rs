@@ -1,0 +1,302 @@
+//! `pg_database` and `pg_tablespace`: reading the template's row, choosing
+//! the new database's OID, and writing its row. This is the only module
+//! that knows the columns of `pg_database` (they change between major
+//! versions; see the cfg-gated lines).
+
+use crate::ffi;
+use pgrx::pg_sys;
+use pgrx::pg_sys::Oid;
+use std::ffi::{CStr, CString};
+use std::path::PathBuf;
+
+/// The template's `pg_database` row, as `get_db_info()` returns it.
+#[derive(Debug, Clone)]
+pub struct DatabaseRow {
+    pub oid: Oid,
+    pub encoding: i32,
+    pub is_template: bool,
+    pub frozen_xid: pg_sys::TransactionId,
+    pub min_mxid: pg_sys::MultiXactId,
+    pub tablespace: Oid,
+    pub collate: CString,
+    pub ctype: CString,
+    pub icu_locale: Option<CString>,
+    pub locale_provider: i8,
+    pub collation_version: Option<CString>,
+}
+
+/// Look up database `name` and take `lockmode` on it (NoLock: just look).
+///
+/// As core's `get_db_info()`: look up by name, lock the OID, then re-read
+/// the row by OID; if the database was renamed or dropped in between,
+/// unlock and try again, so the row returned is the locked database's.
+pub fn lock_database(name: &CStr, lockmode: pg_sys::LOCKMODE) -> Option<DatabaseRow> {
+    // SAFETY: catalog access inside a transaction, as core does it; every
+    // scan and syscache entry is closed/released before returning, and
+    // errors unwind through pgrx's guards.
+    unsafe {
+        let rel = pg_sys::table_open(pg_sys::DatabaseRelationId, pg_sys::AccessShareLock as _);
+        let mut found = None;
+        loop {
+            let mut key: pg_sys::ScanKeyData = std::mem::zeroed();
+            pg_sys::ScanKeyInit(
+                &mut key,
+                pg_sys::Anum_pg_database_datname as _,
+                pg_sys::BTEqualStrategyNumber as _,
+                pg_sys::F_NAMEEQ.into(),
+                pg_sys::Datum::from(name.as_ptr()),
+            );
+            let scan = pg_sys::systable_beginscan(
+                rel,
+                Oid::from(pg_sys::DatabaseNameIndexId),
+                true,
+                std::ptr::null_mut(),
+                1,
+                &mut key,
+            );
+            let tuple = pg_sys::systable_getnext(scan);
+            if tuple.is_null() {
+                pg_sys::systable_endscan(scan);
+                break;
+            }
+            let oid = (*pg_sys::heap_tuple_get_struct::<pg_sys::FormData_pg_database>(tuple)).oid;
+            pg_sys::systable_endscan(scan);
+
+            if lockmode != pg_sys::NoLock as pg_sys::LOCKMODE {
+                pg_sys::LockSharedObject(pg_sys::DatabaseRelationId, oid, 0, lockmode);
+            }
+            if let Some(row) = read_row(oid).filter(|r| r.0.as_c_str() == name) {
+                found = Some(row.1);
+                break;
+            }
+            // Renamed or dropped before we could lock it: try again.
+            if lockmode != pg_sys::NoLock as pg_sys::LOCKMODE {
+                pg_sys::UnlockSharedObject(pg_sys::DatabaseRelationId, oid, 0, lockmode);
+            }
+        }
+        pg_sys::table_close(rel, pg_sys::AccessShareLock as _);
+        found
+    }
+}
+
+/// (name, row) of database `oid` from the syscache.
+unsafe fn read_row(oid: Oid) -> Option<(CString, DatabaseRow)> {
+    let cache = pg_sys::SysCacheIdentifier::DATABASEOID as i32;
+    let tuple = pg_sys::SearchSysCache1(cache, pg_sys::Datum::from(oid));
+    if tuple.is_null() {
+        return None;
+    }
+    let form = &*pg_sys::heap_tuple_get_struct::<pg_sys::FormData_pg_database>(tuple);
+    let text = |attnum: u32| -> Option<CString> {
+        let mut isnull = false;
+        let d = pg_sys::SysCacheGetAttr(cache, tuple, attnum as _, &mut isnull);
+        (!isnull).then(|| CStr::from_ptr(pg_sys::text_to_cstring(d.cast_mut_ptr())).to_owned())
+    };
+    let row = DatabaseRow {
+        oid,
+        encoding: form.encoding,
+        is_template: form.datistemplate,
+        frozen_xid: form.datfrozenxid,
+        min_mxid: form.datminmxid,
+        tablespace: form.dattablespace,
+        collate: text(pg_sys::Anum_pg_database_datcollate).expect("datcollate is NOT NULL"),
+        ctype: text(pg_sys::Anum_pg_database_datctype).expect("datctype is NOT NULL"),
+        icu_locale: text(pg_sys::Anum_pg_database_daticulocale),
+        locale_provider: form.datlocprovider as i8,
+        collation_version: text(pg_sys::Anum_pg_database_datcollversion),
+    };
+    let name = CStr::from_ptr(form.datname.data.as_ptr()).to_owned();
+    pg_sys::ReleaseSysCache(tuple);
+    Some((name, row))
+}
+
+/// OIDs of every tablespace but pg_global, which holds no database
+/// directories.
+pub fn tablespaces() -> Vec<Oid> {
+    let mut out = Vec::new();
+    // SAFETY: a catalog heap scan, opened and closed here.
+    unsafe {
+        let rel = pg_sys::table_open(pg_sys::TableSpaceRelationId, pg_sys::AccessShareLock as _);
+        let scan = pg_sys::table_beginscan_catalog(rel, 0, std::ptr::null_mut());
+        loop {
+            let tuple = pg_sys::heap_getnext(scan, pg_sys::ScanDirection::ForwardScanDirection);
+            if tuple.is_null() {
+                break;
+            }
+            let oid = (*pg_sys::heap_tuple_get_struct::<pg_sys::FormData_pg_tablespace>(tuple)).oid;
+            if oid != pg_sys::GLOBALTABLESPACE_OID {
+                out.push(oid);
+            }
+        }
+        pg_sys::table_endscan(scan);
+        pg_sys::table_close(rel, pg_sys::AccessShareLock as _);
+    }
+    out
+}
+
+/// The directory that holds database directories in `tablespace`
+/// (`base`, or `pg_tblspc/<oid>/PG_<major>_<catversion>`).
+pub fn tablespace_dir(tablespace: Oid) -> PathBuf {
+    let p = ffi::database_path(pg_sys::InvalidOid, tablespace);
+    p.parent().map(PathBuf::from).unwrap_or(p)
+}
+
+/// Whether anything named `db` exists in any tablespace: core's
+/// `check_db_file_conflict()`. Cleanup removes `<tablespace>/<db>`
+/// directories, so an OID whose name is taken must never be chosen.
+pub fn file_conflict(db: Oid) -> bool {
+    tablespaces()
+        .into_iter()
+        .any(|ts| std::fs::symlink_metadata(ffi::database_path(db, ts)).is_ok())
+}
+
+/// A new OID for `pg_database`, unused in the catalog and on disk.
+///
+/// # Safety
+/// `rel` must be `pg_database`, open with RowExclusiveLock.
+pub unsafe fn new_database_oid(rel: pg_sys::Relation) -> Oid {
+    loop {
+        let oid = pg_sys::GetNewOidWithIndex(
+            rel,
+            Oid::from(pg_sys::DatabaseOidIndexId),
+            pg_sys::Anum_pg_database_oid as _,
+        );
+        if !file_conflict(oid) {
+            return oid;
+        }
+    }
+}
+
+/// The columns of a new `pg_database` row that do not come from the
+/// template unchanged.
+pub struct NewDatabase<'a> {
+    pub oid: Oid,
+    pub name: &'a CStr,
+    pub owner: Oid,
+    pub encoding: i32,
+    pub locale_provider: i8,
+    pub is_template: bool,
+    pub allow_connections: bool,
+    pub connection_limit: i32,
+    pub tablespace: Oid,
+    pub collate: &'a CStr,
+    pub ctype: &'a CStr,
+    pub icu_locale: Option<&'a CStr>,
+    pub collation_version: Option<&'a CStr>,
+}
+
+/// Insert the row for `db` into `pg_database` (open as `rel`), copying
+/// `datfrozenxid` and `datminmxid` from the template as core does: its
+/// files are a copy of the template's, so they hold no XID older than the
+/// template's horizon. The values were read before the files were
+/// cloned, so they can only be older than the files: the safe side.
+///
+/// # Safety
+/// `rel` must be `pg_database`, open with RowExclusiveLock.
+pub unsafe fn insert_database_row(rel: pg_sys::Relation, db: &NewDatabase, template: &DatabaseRow) {
+    const N: usize = pg_sys::Natts_pg_database as usize;
+    let mut values = [pg_sys::Datum::from(0usize); N];
+    let mut nulls = [false; N];
+    let text = |s: &CStr| pg_sys::Datum::from(pg_sys::cstring_to_text(s.as_ptr()));
+    let set = |values: &mut [pg_sys::Datum; N], attnum: u32, d: pg_sys::Datum| {
+        values[attnum as usize - 1] = d
+    };
+
+    let name = pg_sys::palloc0(pg_sys::NAMEDATALEN as usize) as *mut pg_sys::NameData;
+    pg_sys::namestrcpy(name, db.name.as_ptr());
+
+    set(&mut values, pg_sys::Anum_pg_database_oid, db.oid.into());
+    set(
+        &mut values,
+        pg_sys::Anum_pg_database_datname,
+        pg_sys::Datum::from(name),
+    );
+    set(
+        &mut values,
+        pg_sys::Anum_pg_database_datdba,
+        db.owner.into(),
+    );
+    set(
+        &mut values,
+        pg_sys::Anum_pg_database_encoding,
+        pg_sys::Datum::from(db.encoding),
+    );
+    set(
+        &mut values,
+        pg_sys::Anum_pg_database_datlocprovider,
+        pg_sys::Datum::from(db.locale_provider),
+    );
+    set(
+        &mut values,
+        pg_sys::Anum_pg_database_datistemplate,
+        pg_sys::Datum::from(db.is_template),
+    );
+    set(
+        &mut values,
+        pg_sys::Anum_pg_database_datallowconn,
+        pg_sys::Datum::from(db.allow_connections),
+    );
+    set(
+        &mut values,
+        pg_sys::Anum_pg_database_datconnlimit,
+        pg_sys::Datum::from(db.connection_limit),
+    );
+    set(
+        &mut values,
+        pg_sys::Anum_pg_database_datfrozenxid,
+        pg_sys::Datum::from(template.frozen_xid),
+    );
+    set(
+        &mut values,
+        pg_sys::Anum_pg_database_datminmxid,
+        pg_sys::Datum::from(template.min_mxid),
+    );
+    set(
+        &mut values,
+        pg_sys::Anum_pg_database_dattablespace,
+        db.tablespace.into(),
+    );
+    set(
+        &mut values,
+        pg_sys::Anum_pg_database_datcollate,
+        text(db.collate),
+    );
+    set(
+        &mut values,
+        pg_sys::Anum_pg_database_datctype,
+        text(db.ctype),
+    );
+    match db.icu_locale {
+        Some(l) => set(&mut values, pg_sys::Anum_pg_database_daticulocale, text(l)),
+        None => nulls[pg_sys::Anum_pg_database_daticulocale as usize - 1] = true,
+    }
+    match db.collation_version {
+        Some(v) => set(
+            &mut values,
+            pg_sys::Anum_pg_database_datcollversion,
+            text(v),
+        ),
+        None => nulls[pg_sys::Anum_pg_database_datcollversion as usize - 1] = true,
+    }
+    // As core, deliberately: datacl starts as the default (NULL) rather
+    // than the template's, which would be wrong under a different owner.
+    nulls[pg_sys::Anum_pg_database_datacl as usize - 1] = true;
+
+    let tuple = pg_sys::heap_form_tuple((*rel).rd_att, values.as_mut_ptr(), nulls.as_mut_ptr());
+    pg_sys::CatalogTupleInsert(rel, tuple);
+}
+
+/// The dependency rows and hooks core creates with a database: the owner
+/// dependency, a copy of the template's shared dependencies (its objects'
+/// owners and ACL roles now also own / are named in the new database), and
+/// the object-access hook that security modules (sepgsql) rely on.
+pub fn record_dependencies(db: Oid, owner: Oid, template: Oid) {
+    // SAFETY: plain catalog calls inside the creating transaction.
+    unsafe {
+        pg_sys::recordDependencyOnOwner(pg_sys::DatabaseRelationId, db, owner);
+        pg_sys::copyTemplateDependencies(template, db);
+        if (*std::ptr::addr_of!(pg_sys::object_access_hook)).is_some() {
+            pg_sys::RunObjectPostCreateHook(pg_sys::DatabaseRelationId, db, 0, false);
+        }
+    }
+}

@@ -1,0 +1,116 @@
+//! Removing a half-made branch: pg_branch's `PG_ENSURE_ERROR_CLEANUP`.
+//!
+//! Once the first directory is cloned, any ERROR must remove every
+//! directory this statement created before the error reaches the user,
+//! and so must a FATAL (a terminated backend, a lost client) on its way
+//! out. [`Guard`] registers a `before_shmem_exit` callback for the FATAL
+//! path and runs the body under `PgTryBuilder` for the ERROR path, exactly
+//! as core's macro pairs `before_shmem_exit` with `PG_TRY`.
+//!
+//! As core admits for `createdb()`, this is not a 100% solution: a crash
+//! of the whole server between the clone and the commit leaves a directory
+//! that no `pg_database` row owns. Those orphans are for the orphan-listing
+//! function of the durability work to find.
+
+use crate::error::Report;
+use crate::wal;
+use pg_branch_storage::remove_dir;
+use pgrx::pg_sys::{self, Oid};
+use pgrx::prelude::*;
+use pgrx::PgTryBuilder;
+use std::cell::RefCell;
+use std::path::PathBuf;
+
+/// A directory this statement created, and whether its creation was
+/// WAL-logged (then its removal must be logged too).
+struct Created {
+    tablespace: Oid,
+    path: PathBuf,
+    logged: bool,
+}
+
+thread_local! {
+    /// What the running CREATE DATABASE has made so far. A backend runs one
+    /// statement at a time, and CREATE DATABASE cannot nest (it refuses to
+    /// run inside a transaction block or a function).
+    static CREATED: RefCell<(Oid, Vec<Created>)> = const { RefCell::new((pg_sys::InvalidOid, Vec::new())) };
+}
+
+/// Remember that `path` (in `tablespace`) now exists and belongs to the
+/// statement under way.
+pub fn created(tablespace: Oid, path: PathBuf) {
+    CREATED.with(|c| {
+        c.borrow_mut().1.push(Created {
+            tablespace,
+            path,
+            logged: false,
+        })
+    });
+}
+
+/// Remember that the directory of `tablespace` was WAL-logged.
+pub fn logged(tablespace: Oid) {
+    CREATED.with(|c| {
+        for d in c
+            .borrow_mut()
+            .1
+            .iter_mut()
+            .filter(|d| d.tablespace == tablespace)
+        {
+            d.logged = true;
+        }
+    });
+}
+
+/// Run `body` for new database `db`; if it fails, remove what it created.
+pub fn guarded<T>(db: Oid, body: impl FnOnce() -> T) -> T {
+    CREATED.with(|c| *c.borrow_mut() = (db, Vec::new()));
+    let arg = pg_sys::Datum::from(db);
+    // SAFETY: registers a static callback; cancelled below on both paths.
+    unsafe { pg_sys::before_shmem_exit(Some(on_exit), arg) };
+    let result = PgTryBuilder::new(std::panic::AssertUnwindSafe(body))
+        .catch_others(|e| {
+            // SAFETY: as above.
+            unsafe { pg_sys::cancel_before_shmem_exit(Some(on_exit), arg) };
+            remove_created();
+            e.rethrow()
+        })
+        .execute();
+    // SAFETY: as above.
+    unsafe { pg_sys::cancel_before_shmem_exit(Some(on_exit), arg) };
+    CREATED.with(|c| c.borrow_mut().1.clear());
+    result
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn on_exit(_code: std::ffi::c_int, _arg: pg_sys::Datum) {
+    remove_created();
+}
+
+/// Remove every directory the statement created, newest first, and log
+/// the removal of those whose creation was logged. A directory that cannot
+/// be removed is reported, not raised: we are already failing, and the
+/// original error is the one the user needs.
+fn remove_created() {
+    let (db, dirs) = CREATED.with(|c| {
+        let mut c = c.borrow_mut();
+        (c.0, std::mem::take(&mut c.1))
+    });
+    let mut logged = Vec::new();
+    for d in dirs.iter().rev() {
+        if let Err(e) = remove_dir(&d.path) {
+            Report::new(
+                PgSqlErrorCode::ERRCODE_IO_ERROR,
+                format!("could not remove directory \"{}\": {e}", d.path.display()),
+            )
+            .hint("List and remove orphaned branch directories once the cause is fixed.")
+            .warning();
+        }
+        if d.logged {
+            logged.push(d.tablespace);
+        }
+    }
+    if !logged.is_empty() {
+        wal::log_drop(db, &logged);
+    }
+}

@@ -1,0 +1,92 @@
+//! Server functions that pgrx's bindings lack, each behind a small safe
+//! function. The server exports them; `#[pg_guard]` turns an ERROR raised
+//! inside them into a Rust unwind, so no longjmp ever crosses Rust frames.
+
+use pgrx::pg_sys;
+use std::ffi::{c_char, c_int, CStr, CString};
+
+// `#[pg_guard]` on an extern block expands to `crate::ffi::pg_guard_ffi_boundary`.
+pub use pgrx::pg_sys::ffi::pg_guard_ffi_boundary;
+
+#[allow(non_snake_case)]
+mod raw {
+    use super::*;
+
+    #[pgrx::pg_guard]
+    unsafe extern "C-unwind" {
+        // postmaster/bgwriter.h
+        pub fn RequestCheckpoint(flags: c_int);
+        // utils/pg_locale.h
+        pub fn check_locale(
+            category: c_int,
+            locale: *const c_char,
+            canonname: *mut *mut c_char,
+        ) -> bool;
+        pub fn check_icu_locale(icu_locale: *const c_char);
+        pub fn get_collation_actual_version(
+            collprovider: c_char,
+            collcollate: *const c_char,
+        ) -> *mut c_char;
+    }
+}
+
+/// access/xlog.h checkpoint request flags (PostgreSQL 15).
+pub const CHECKPOINT_IMMEDIATE: c_int = 0x0004;
+pub const CHECKPOINT_FORCE: c_int = 0x0008;
+pub const CHECKPOINT_WAIT: c_int = 0x0020;
+
+/// Ask the checkpointer for a checkpoint with `flags`.
+pub fn request_checkpoint(flags: c_int) {
+    // SAFETY: plain int argument; errors become Rust unwinds (pg_guard).
+    unsafe { raw::RequestCheckpoint(flags) }
+}
+
+/// `check_locale()`: Some(canonical spelling) if `locale` is valid for
+/// `category` (libc's LC_COLLATE / LC_CTYPE).
+pub fn check_locale(category: c_int, locale: &CStr) -> Option<CString> {
+    let mut canon: *mut c_char = std::ptr::null_mut();
+    // SAFETY: `locale` is NUL-terminated; `canon` receives a palloc'd
+    // string (or stays NULL) that we copy before returning.
+    let ok = unsafe { raw::check_locale(category, locale.as_ptr(), &mut canon) };
+    if !ok {
+        return None;
+    }
+    if canon.is_null() {
+        return Some(locale.to_owned());
+    }
+    // SAFETY: non-NULL result of check_locale is a valid C string.
+    Some(unsafe { CStr::from_ptr(canon) }.to_owned())
+}
+
+/// `check_icu_locale()`: raises core's ERROR if the ICU locale is invalid.
+pub fn check_icu_locale(locale: &CStr) {
+    // SAFETY: NUL-terminated argument; errors unwind.
+    unsafe { raw::check_icu_locale(locale.as_ptr()) }
+}
+
+/// `get_collation_actual_version()`: the provider's version string, if any.
+pub fn collation_actual_version(provider: c_char, locale: &CStr) -> Option<CString> {
+    // SAFETY: NUL-terminated argument; the result is NULL or a palloc'd
+    // C string that we copy.
+    unsafe {
+        let v = raw::get_collation_actual_version(provider, locale.as_ptr());
+        (!v.is_null()).then(|| CStr::from_ptr(v).to_owned())
+    }
+}
+
+/// Copy a possibly-NULL C string owned by the server.
+///
+/// # Safety
+/// `p` must be NULL or point to a NUL-terminated string.
+pub unsafe fn cstring(p: *const c_char) -> Option<CString> {
+    (!p.is_null()).then(|| CStr::from_ptr(p).to_owned())
+}
+
+/// `GetDatabasePath(db, tablespace)` relative to the data directory, as
+/// the server names it (`base/<db>` or `pg_tblspc/<ts>/PG_…/<db>`).
+pub fn database_path(db: pg_sys::Oid, tablespace: pg_sys::Oid) -> std::path::PathBuf {
+    use std::os::unix::ffi::OsStrExt;
+    // SAFETY: GetDatabasePath returns a palloc'd path we copy at once.
+    let p = unsafe { CStr::from_ptr(pg_sys::GetDatabasePath(db, tablespace)) };
+    std::path::PathBuf::from(std::ffi::OsStr::from_bytes(p.to_bytes()))
+}

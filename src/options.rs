@@ -1,0 +1,240 @@
+//! The options of `CREATE DATABASE`, parsed the way PostgreSQL 15's
+//! `createdb()` parses them: same checks, same order, same messages.
+//!
+//! Core's version is a DefElem if/else ladder filling seventeen locals; here
+//! the ladder fills one struct.
+
+use crate::error::{error, Report};
+use pgrx::pg_sys;
+use pgrx::prelude::*;
+use pgrx::PgList;
+use std::ffi::{CStr, CString};
+
+/// How the statement asked for the copy to be made.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Strategy {
+    /// No STRATEGY option: branch if the filesystem allows, else core.
+    Default,
+    /// `STRATEGY = SNAPSHOT`: branch, or fail saying why not.
+    Snapshot,
+    /// `STRATEGY = WAL_LOG` or `FILE_COPY`: core's own copy.
+    Core,
+}
+
+/// The value of option `name` as core would read it with `defGetString`,
+/// without validating anything else: the hook needs STRATEGY, TEMPLATE and
+/// TABLESPACE to decide whether the statement is ours. Repeated or
+/// malformed options are left for [`CreatedbOptions::parse`] (or core) to
+/// report.
+///
+/// # Safety
+/// `stmt` must point to a valid `CreatedbStmt`.
+pub unsafe fn peek(stmt: *const pg_sys::CreatedbStmt, name: &str) -> Option<CString> {
+    PgList::<pg_sys::DefElem>::from_pg((*stmt).options)
+        .iter_ptr()
+        .find(|d| {
+            CStr::from_ptr((**d).defname).to_bytes() == name.as_bytes() && !(**d).arg.is_null()
+        })
+        .map(|d| CStr::from_ptr(pg_sys::defGetString(d)).to_owned())
+}
+
+/// What the STRATEGY option asks for.
+///
+/// # Safety
+/// As [`peek`].
+pub unsafe fn requested_strategy(stmt: *const pg_sys::CreatedbStmt) -> Strategy {
+    match peek(stmt, "strategy")
+        .map(|s| s.to_string_lossy().to_lowercase())
+        .as_deref()
+    {
+        None => Strategy::Default,
+        Some("wal_log") | Some("file_copy") => Strategy::Core,
+        Some("snapshot") => Strategy::Snapshot,
+        // Unknown: ours to reject, with a hint that names "snapshot".
+        Some(_) => Strategy::Default,
+    }
+}
+
+/// Everything a `CREATE DATABASE` statement said, validated as far as
+/// core validates options before looking at the template.
+#[derive(Debug, Default)]
+pub struct CreatedbOptions {
+    pub owner: Option<CString>,
+    pub template: Option<CString>,
+    /// -1: not given.
+    pub encoding: i32,
+    pub collate: Option<CString>,
+    pub ctype: Option<CString>,
+    pub icu_locale: Option<CString>,
+    /// 0: not given; else `COLLPROVIDER_*`.
+    pub locale_provider: i8,
+    pub is_template: bool,
+    pub allow_connections: bool,
+    pub connection_limit: i32,
+    /// Given explicitly (pg_upgrade uses this to reproduce a database).
+    pub collation_version: Option<CString>,
+    pub tablespace: Option<CString>,
+    /// InvalidOid: not given.
+    pub oid: pg_sys::Oid,
+    /// The STRATEGY value, if given (validated later, where core does).
+    pub strategy: Option<String>,
+}
+
+impl CreatedbOptions {
+    /// # Safety
+    /// `pstate` and `stmt` must be valid; called inside a transaction.
+    pub unsafe fn parse(
+        pstate: *mut pg_sys::ParseState,
+        stmt: *const pg_sys::CreatedbStmt,
+    ) -> Self {
+        // First pass, as core's loop: find each option, rejecting repeats
+        // and unknown names; OID and LOCATION are handled on the spot.
+        let mut given: Vec<(&'static str, *mut pg_sys::DefElem)> = Vec::new();
+        let mut oid = pg_sys::InvalidOid;
+        for defel in PgList::<pg_sys::DefElem>::from_pg((*stmt).options).iter_ptr() {
+            let name = CStr::from_ptr((*defel).defname).to_string_lossy();
+            if let Some(known) = OPTIONS.iter().find(|k| **k == name) {
+                if given.iter().any(|(k, _)| k == known) {
+                    pg_sys::errorConflictingDefElem(defel, pstate);
+                }
+                given.push((known, defel));
+            } else if name == "location" {
+                Report::new(
+                    PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
+                    "LOCATION is not supported anymore",
+                )
+                .hint("Consider using tablespaces instead.")
+                .warning();
+            } else if name == "oid" {
+                oid = pg_sys::defGetObjectId(defel);
+                // As core: system-range OIDs are only for initdb and
+                // pg_upgrade, so that no future initdb can collide.
+                if oid.to_u32() < pg_sys::FirstNormalObjectId
+                    && !pg_sys::allowSystemTableMods
+                    && !pg_sys::IsBinaryUpgrade
+                {
+                    error(
+                        PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+                        format!(
+                            "OIDs less than {} are reserved for system objects",
+                            pg_sys::FirstNormalObjectId
+                        ),
+                    );
+                }
+            } else {
+                error(
+                    PgSqlErrorCode::ERRCODE_SYNTAX_ERROR,
+                    format!("option \"{name}\" not recognized"),
+                );
+            }
+        }
+
+        // Second pass, in core's order. An option given as DEFAULT has no
+        // argument and counts as not given.
+        let get = |k: &str| given.iter().find(|(n, _)| *n == k).map(|(_, d)| *d);
+        let with_arg = |k: &str| get(k).filter(|d| !(**d).arg.is_null());
+        let string = |d: *mut pg_sys::DefElem| CStr::from_ptr(pg_sys::defGetString(d)).to_owned();
+
+        let mut o = CreatedbOptions {
+            encoding: -1,
+            allow_connections: true,
+            connection_limit: pg_sys::DATCONNLIMIT_UNLIMITED,
+            oid,
+            ..Default::default()
+        };
+        o.owner = with_arg("owner").map(string);
+        o.template = with_arg("template").map(string);
+        if let Some(d) = with_arg("encoding") {
+            o.encoding = parse_encoding(d);
+        }
+        if let Some(d) = with_arg("locale") {
+            o.collate = Some(string(d));
+            o.ctype = Some(string(d));
+        }
+        if let Some(d) = with_arg("lc_collate") {
+            o.collate = Some(string(d));
+        }
+        if let Some(d) = with_arg("lc_ctype") {
+            o.ctype = Some(string(d));
+        }
+        o.icu_locale = with_arg("icu_locale").map(string);
+        if let Some(d) = with_arg("locale_provider") {
+            let p = string(d);
+            o.locale_provider = match p.to_string_lossy().to_lowercase().as_str() {
+                "icu" => pg_sys::COLLPROVIDER_ICU as i8,
+                "libc" => pg_sys::COLLPROVIDER_LIBC as i8,
+                _ => error(
+                    PgSqlErrorCode::ERRCODE_INVALID_OBJECT_DEFINITION,
+                    format!("unrecognized locale provider: {}", p.to_string_lossy()),
+                ),
+            };
+        }
+        if let Some(d) = with_arg("is_template") {
+            o.is_template = pg_sys::defGetBoolean(d);
+        }
+        if let Some(d) = with_arg("allow_connections") {
+            o.allow_connections = pg_sys::defGetBoolean(d);
+        }
+        if let Some(d) = with_arg("connection_limit") {
+            o.connection_limit = pg_sys::defGetInt32(d);
+            if o.connection_limit < pg_sys::DATCONNLIMIT_UNLIMITED {
+                error(
+                    PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+                    format!("invalid connection limit: {}", o.connection_limit),
+                );
+            }
+        }
+        // Core reads COLLATION_VERSION even when given as DEFAULT (and then
+        // fails in defGetString, as here).
+        o.collation_version = get("collation_version").map(string);
+        o.tablespace = with_arg("tablespace").map(string);
+        o.strategy = with_arg("strategy").map(|d| string(d).to_string_lossy().into_owned());
+        o
+    }
+}
+
+/// The options core checks for repetition, in its order.
+const OPTIONS: [&str; 14] = [
+    "tablespace",
+    "owner",
+    "template",
+    "encoding",
+    "locale",
+    "lc_collate",
+    "lc_ctype",
+    "icu_locale",
+    "locale_provider",
+    "is_template",
+    "allow_connections",
+    "connection_limit",
+    "collation_version",
+    "strategy",
+];
+
+/// ENCODING = 'name' or ENCODING = number, checked as core checks it.
+unsafe fn parse_encoding(defel: *mut pg_sys::DefElem) -> i32 {
+    if pgrx::is_a((*defel).arg, pg_sys::NodeTag::T_Integer) {
+        let code = pg_sys::defGetInt32(defel);
+        let name = CStr::from_ptr(pg_sys::pg_encoding_to_char(code));
+        if name.to_bytes().is_empty() || pg_sys::pg_valid_server_encoding(name.as_ptr()) < 0 {
+            error(
+                PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT,
+                format!("{code} is not a valid encoding code"),
+            );
+        }
+        code
+    } else {
+        let name = pg_sys::defGetString(defel);
+        let code = pg_sys::pg_valid_server_encoding(name);
+        if code < 0 {
+            error(
+                PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT,
+                format!(
+                    "{} is not a valid encoding name",
+                    CStr::from_ptr(name).to_string_lossy()
+                ),
+            );
+        }
+        code
+    }
+}

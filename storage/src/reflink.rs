@@ -1,0 +1,48 @@
+//! Per-file clones with `FICLONE`, the filesystem-neutral reflink ioctl
+//! (btrfs, XFS with reflink=1, OpenZFS >= 2.2, bcachefs).
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::io::AsRawFd;
+use std::path::Path;
+
+/// `_IOW(0x94, 9, int)` from `linux/fs.h`.
+const FICLONE: u64 = (1 << 30) | (4 << 16) | (0x94 << 8) | 9;
+
+fn ficlone(src: &File, dst: &File) -> io::Result<()> {
+    // SAFETY: both descriptors are open for the duration of the call;
+    // FICLONE takes the source descriptor by value and writes nothing to
+    // user memory.
+    let rc = unsafe { libc::ioctl(dst.as_raw_fd(), FICLONE as _, src.as_raw_fd()) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Clone `src` into a new file `dst` (which must not exist), with
+/// PostgreSQL's file mode, and fsync it.
+pub fn clone_file(src: &Path, dst: &Path) -> io::Result<()> {
+    let from = File::open(src)?;
+    let to = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(dst)?;
+    ficlone(&from, &to)?;
+    to.sync_all()
+}
+
+/// Reflink `sample` into an anonymous `O_TMPFILE` in `dir`: succeeds iff
+/// files of `sample`'s filesystem can be cloned into `dir`. The temporary
+/// file has no name and disappears on close, so nothing is left behind.
+pub fn probe(sample: &Path, dir: &Path) -> io::Result<()> {
+    let from = File::open(sample)?;
+    let to = OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_TMPFILE)
+        .mode(0o600)
+        .open(dir)?;
+    ficlone(&from, &to)
+}

@@ -1,0 +1,210 @@
+//! Storage tests on real filesystems. `scripts/test.sh` loop-mounts a btrfs,
+//! an XFS (reflink=1) and an ext4 image and names them in
+//! `PG_BRANCH_TEST_BTRFS`, `PG_BRANCH_TEST_XFS` and `PG_BRANCH_TEST_EXT4`.
+//! A test whose filesystem is not named fails: a silently skipped storage
+//! test would prove nothing.
+
+use pg_branch_storage::{clone_dir, is_subvolume, probe, remove_dir, Method};
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+fn mount(var: &str) -> PathBuf {
+    let dir = std::env::var(var).unwrap_or_else(|_| {
+        panic!("{var} is not set: run the storage tests through scripts/test.sh, which mounts the filesystems")
+    });
+    PathBuf::from(dir)
+}
+
+/// A fresh, empty scratch directory on the filesystem named by `var`.
+fn scratch(var: &str) -> PathBuf {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let dir = mount(var).join(format!(
+        "storage-test-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    ));
+    fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A database-like directory: PG_VERSION, a 4 MiB "relation" with two
+/// segments, a fork, and a temporary relation.
+fn make_template(dir: &Path) {
+    fs::create_dir(dir).unwrap();
+    fs::write(dir.join("PG_VERSION"), "15\n").unwrap();
+    let data: Vec<u8> = (0..4 << 20).map(|i| (i * 7 % 251) as u8).collect();
+    fs::write(dir.join("16384"), &data).unwrap();
+    fs::write(dir.join("16384.1"), &data[..8192]).unwrap();
+    fs::write(dir.join("16384_fsm"), &data[..24576]).unwrap();
+    fs::write(dir.join("t3_16390"), b"temp").unwrap();
+    Command::new("sync").status().unwrap();
+}
+
+fn assert_same_except_temp(src: &Path, dst: &Path) {
+    let mut names: Vec<_> = fs::read_dir(dst)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["16384", "16384.1", "16384_fsm", "PG_VERSION"]);
+    for n in &names {
+        assert_eq!(
+            fs::read(src.join(n)).unwrap(),
+            fs::read(dst.join(n)).unwrap(),
+            "{n}"
+        );
+    }
+}
+
+/// Every extent of `file` is shared with another file (FIEMAP's
+/// FIEMAP_EXTENT_SHARED flag, as printed by filefrag).
+fn all_extents_shared(file: &Path) -> bool {
+    let out = Command::new("filefrag")
+        .arg("-v")
+        .arg(file)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let extents: Vec<_> = text
+        .lines()
+        .filter(|l| l.trim_start().starts_with(|c: char| c.is_ascii_digit()) && l.contains(':'))
+        .collect();
+    assert!(
+        !extents.is_empty(),
+        "no extents reported for {}:\n{text}",
+        file.display()
+    );
+    extents.iter().all(|l| l.contains("shared"))
+}
+
+#[test]
+fn btrfs_plain_directory_is_reflinked_into_a_new_subvolume() {
+    let root = scratch("PG_BRANCH_TEST_BTRFS");
+    let src = root.join("1");
+    make_template(&src);
+    assert!(!is_subvolume(&src).unwrap());
+
+    assert_eq!(probe(&src, &root).unwrap(), Ok(Method::Reflink));
+    let dst = root.join("2");
+    let done = clone_dir(&src, &dst, Method::Reflink).unwrap();
+    assert_eq!(
+        (done.method, done.files, done.skipped_temp_files),
+        (Method::Reflink, 4, 1)
+    );
+    assert!(
+        is_subvolume(&dst).unwrap(),
+        "a reflinked clone on btrfs must be a subvolume"
+    );
+    assert_same_except_temp(&src, &dst);
+    assert!(all_extents_shared(&dst.join("16384")));
+
+    remove_dir(&dst).unwrap();
+    assert!(!dst.exists());
+    remove_dir(&dst).unwrap(); // idempotent
+    fs::remove_dir_all(&root).unwrap();
+}
+
+#[test]
+fn btrfs_subvolume_is_snapshotted_and_temp_files_dropped() {
+    let root = scratch("PG_BRANCH_TEST_BTRFS");
+    let plain = root.join("1");
+    make_template(&plain);
+    let src = root.join("2");
+    clone_dir(&plain, &src, Method::Reflink).unwrap();
+    fs::write(src.join("t7_16400"), b"temp in a subvolume").unwrap();
+
+    assert_eq!(probe(&src, &root).unwrap(), Ok(Method::Snapshot));
+    let dst = root.join("3");
+    let done = clone_dir(&src, &dst, Method::Snapshot).unwrap();
+    assert_eq!(
+        (done.method, done.skipped_temp_files),
+        (Method::Snapshot, 1)
+    );
+    assert!(is_subvolume(&dst).unwrap());
+    assert!(
+        src.join("t7_16400").exists(),
+        "the template keeps its own files"
+    );
+    assert_same_except_temp(&plain, &dst);
+    assert!(all_extents_shared(&dst.join("16384")));
+
+    // The branch diverges without touching its template.
+    fs::write(dst.join("16384"), b"changed").unwrap();
+    assert_eq!(
+        fs::read(src.join("16384")).unwrap(),
+        fs::read(plain.join("16384")).unwrap()
+    );
+
+    for d in [&dst, &src] {
+        remove_dir(d).unwrap();
+        assert!(!d.exists());
+    }
+    fs::remove_dir_all(&root).unwrap();
+}
+
+#[test]
+fn snapshot_into_an_existing_name_fails_and_leaves_it_alone() {
+    let root = scratch("PG_BRANCH_TEST_BTRFS");
+    let plain = root.join("1");
+    make_template(&plain);
+    let src = root.join("2");
+    clone_dir(&plain, &src, Method::Reflink).unwrap();
+    let dst = root.join("3");
+    fs::create_dir(&dst).unwrap();
+    fs::write(dst.join("keep"), b"x").unwrap();
+    let err = clone_dir(&src, &dst, Method::Snapshot).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EEXIST), "{err}");
+    assert_eq!(fs::read(dst.join("keep")).unwrap(), b"x");
+    let err = clone_dir(&plain, &dst, Method::Reflink).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EEXIST), "{err}");
+    fs::remove_dir_all(&root).unwrap();
+}
+
+#[test]
+fn xfs_with_reflink_clones_file_by_file() {
+    let root = scratch("PG_BRANCH_TEST_XFS");
+    let src = root.join("1");
+    make_template(&src);
+    assert_eq!(probe(&src, &root).unwrap(), Ok(Method::Reflink));
+    let dst = root.join("2");
+    let done = clone_dir(&src, &dst, Method::Reflink).unwrap();
+    assert_eq!((done.files, done.skipped_temp_files), (4, 1));
+    assert!(!is_subvolume(&dst).unwrap());
+    assert_same_except_temp(&src, &dst);
+    assert!(all_extents_shared(&dst.join("16384")));
+    remove_dir(&dst).unwrap();
+    assert!(!dst.exists());
+    fs::remove_dir_all(&root).unwrap();
+}
+
+#[test]
+fn ext4_cannot_clone_and_probing_leaves_nothing() {
+    let root = scratch("PG_BRANCH_TEST_EXT4");
+    let src = root.join("1");
+    make_template(&src);
+    let why = probe(&src, &root).unwrap().unwrap_err();
+    assert!(
+        why.reason.contains("ext4") && why.reason.contains("cannot clone"),
+        "{why}"
+    );
+    let left: Vec<_> = fs::read_dir(&root)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(left, ["1"]);
+    fs::remove_dir_all(&root).unwrap();
+}
+
+#[test]
+fn different_filesystems_cannot_share_extents() {
+    let btrfs = scratch("PG_BRANCH_TEST_BTRFS");
+    let xfs = scratch("PG_BRANCH_TEST_XFS");
+    let src = btrfs.join("1");
+    make_template(&src);
+    let why = probe(&src, &xfs).unwrap().unwrap_err();
+    assert!(why.reason.contains("different filesystems"), "{why}");
+    fs::remove_dir_all(&btrfs).unwrap();
+    fs::remove_dir_all(&xfs).unwrap();
+}
