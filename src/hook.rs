@@ -112,7 +112,10 @@ unsafe fn ours(stmt: *mut pg_sys::CreatedbStmt, top_level: bool) -> bool {
     let dst_tablespace = match options::peek(stmt, "tablespace") {
         None => template.tablespace,
         Some(name) => match pg_sys::get_tablespace_oid(name.as_ptr(), true) {
-            oid if oid == pg_sys::InvalidOid => return false,
+            // Core reports a missing tablespace, and refuses pg_global.
+            oid if oid == pg_sys::InvalidOid || oid == pg_sys::GLOBALTABLESPACE_OID => {
+                return false
+            }
             oid => oid,
         },
     };

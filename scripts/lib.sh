@@ -1,0 +1,43 @@
+# Shared settings and helpers for pg_branch's scripts (sourced, not run).
+
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+PG_BIN=/usr/lib/postgresql/15/bin
+PG_CONFIG=$PG_BIN/pg_config
+# Loop-mounted images live here unless the user names a directory.
+IMAGES="${PG_BRANCH_IMAGES:-/var/lib/pg_branch}"
+MOUNTS="${PG_BRANCH_MOUNTS:-/mnt/pg_branch}"
+VENV="${PG_BRANCH_VENV:-/var/lib/pg_branch/venv}"
+export PATH="$HOME/.cargo/bin:$PATH"
+
+say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+die() { printf 'error: %s\n' "$*" >&2; exit 1; }
+need_root() { [ "$(id -u)" = 0 ] || die "run as root (it installs packages and mounts loop images)"; }
+
+# mount_image NAME SIZE MKFS...: a sparse image file formatted by MKFS,
+# loop-mounted at $MOUNTS/NAME; prints the mount point. Idempotent.
+mount_image() {
+    local name=$1 size=$2; shift 2
+    local img="$IMAGES/$name.img" mnt="$MOUNTS/$name"
+    mkdir -p "$IMAGES" "$mnt"
+    if ! mountpoint -q "$mnt"; then
+        if [ ! -s "$img" ]; then
+            truncate -s "$size" "$img"
+            "$@" "$img" >/dev/null
+        fi
+        mount -o loop "$img" "$mnt"
+    fi
+    chmod 755 "$mnt"
+    echo "$mnt"
+}
+
+mount_btrfs() { mount_image btrfs "${1:-40G}" mkfs.btrfs -q; }
+mount_xfs() { mount_image xfs 4G mkfs.xfs -q -m reflink=1; }
+mount_ext4() { mount_image ext4 2G mkfs.ext4 -q; }
+
+# fs_type DIR: the filesystem type of DIR (btrfs, xfs, ext4, ...).
+fs_type() { stat -f -c %T "$1"; }
+
+# install_extension [--release]: build pg_branch and install it into PG 15.
+install_extension() {
+    (cd "$REPO" && cargo pgrx install --pg-config "$PG_CONFIG" "$@") >&2
+}

@@ -1,0 +1,173 @@
+"""Real PostgreSQL 15 clusters for pg_branch's tests.
+
+scripts/test.sh mounts the filesystems and names them in PG_BRANCH_TEST_BTRFS,
+PG_BRANCH_TEST_XFS and PG_BRANCH_TEST_EXT4. Each cluster is initdb'd under
+one of them, owned by the `postgres` OS user (the server refuses to run as
+root), and reached over a Unix socket in its own directory.
+"""
+
+import os
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import psycopg
+import pytest
+
+PG_BIN = Path(os.environ.get("PG_BIN", "/usr/lib/postgresql/15/bin"))
+RUN_AS = "postgres"
+
+
+def mount(var):
+    path = os.environ.get(var)
+    if not path:
+        raise RuntimeError(f"{var} is not set: run the suite through scripts/test.sh, which mounts it")
+    return Path(path)
+
+
+def as_postgres(*cmd, check=True, **kw):
+    return subprocess.run(["sudo", "-u", RUN_AS, "--", *map(str, cmd)], check=check,
+                          capture_output=True, text=True, **kw)
+
+
+class Cluster:
+    """One PostgreSQL server in `root/data`, socket in `root/sock`."""
+
+    def __init__(self, root, port, preload=True, extra_conf=""):
+        self.root = Path(root)
+        self.data = self.root / "data"
+        self.sock = self.root / "sock"
+        self.port = port
+        self.preload = preload
+        self.extra_conf = extra_conf
+
+    def init(self):
+        if self.root.exists():
+            self.stop(check=False)
+            shutil.rmtree(self.root)
+        self.root.mkdir(parents=True)
+        self.sock.mkdir()
+        shutil.chown(self.root, RUN_AS, RUN_AS)
+        shutil.chown(self.sock, RUN_AS, RUN_AS)
+        as_postgres(PG_BIN / "initdb", "-D", self.data, "-E", "UTF8", "--locale=C.UTF-8", "-A", "trust", "-U", "postgres")
+        conf = [
+            f"port = {self.port}",
+            "listen_addresses = ''",
+            f"unix_socket_directories = '{self.sock}'",
+            "wal_level = replica",
+            "max_wal_senders = 4",
+            "max_prepared_transactions = 4",
+            "fsync = on",
+            "log_min_messages = warning",
+            "log_line_prefix = '%m [%p] '",
+        ]
+        if self.preload:
+            conf.append("shared_preload_libraries = 'pg_branch'")
+        with open(self.data / "postgresql.conf", "a") as f:
+            f.write("\n".join(conf) + "\n" + self.extra_conf + "\n")
+        return self
+
+    def start(self):
+        as_postgres(PG_BIN / "pg_ctl", "-D", self.data, "-l", self.root / "log", "-w", "-t", "60", "start")
+        return self
+
+    def stop(self, mode="fast", check=True):
+        if (self.data / "postmaster.pid").exists():
+            as_postgres(PG_BIN / "pg_ctl", "-D", self.data, "-m", mode, "-w", "stop", check=check)
+
+    def kill9(self):
+        """Kill the postmaster with SIGKILL, and wait until every server process is gone."""
+        pid = int((self.data / "postmaster.pid").read_text().split()[0])
+        children = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
+        os.kill(pid, signal.SIGKILL)
+        for p in [pid, *map(int, children)]:
+            try:
+                os.kill(p, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            alive = subprocess.run(["pgrep", "-f", f"-D {self.data}"], capture_output=True).returncode == 0
+            if not alive and not any(Path(f"/proc/{c}").exists() for c in children):
+                return
+            time.sleep(0.1)
+        raise RuntimeError("server processes survived SIGKILL")
+
+    def conninfo(self, dbname="postgres", user="postgres"):
+        return f"host={self.sock} port={self.port} dbname={dbname} user={user}"
+
+    def connect(self, dbname="postgres", user="postgres", autocommit=True):
+        return psycopg.connect(self.conninfo(dbname, user), autocommit=autocommit)
+
+    def sql(self, query, dbname="postgres", user="postgres", params=None):
+        """Run one statement; return all rows (or None)."""
+        with self.connect(dbname, user) as c:
+            cur = c.execute(query, params)
+            return cur.fetchall() if cur.description else None
+
+    def one(self, query, dbname="postgres", **kw):
+        rows = self.sql(query, dbname, **kw)
+        return rows[0][0] if rows else None
+
+    def db_dirs(self):
+        """Names in base/ and in every tablespace's version directory."""
+        names = set(os.listdir(self.data / "base"))
+        tblspc = self.data / "pg_tblspc"
+        for link in tblspc.iterdir():
+            for version in link.iterdir():
+                names |= {f"{link.name}/{n}" for n in os.listdir(version)}
+        return names
+
+    def db_path(self, dbname):
+        oid = self.one("SELECT oid FROM pg_database WHERE datname = %s", params=(dbname,))
+        return self.data / "base" / str(oid)
+
+
+def is_subvolume(path):
+    return os.stat(path).st_ino == 256 and subprocess.run(
+        ["stat", "-f", "-c", "%T", path], capture_output=True, text=True).stdout.strip() == "btrfs"
+
+
+def exclusive_bytes(path):
+    """btrfs' count of bytes in `path` that no other file shares."""
+    subprocess.run(["btrfs", "filesystem", "sync", path], check=True, capture_output=True)
+    out = subprocess.run(["btrfs", "filesystem", "du", "-s", "--raw", path],
+                         check=True, capture_output=True, text=True).stdout.splitlines()
+    total, exclusive, *_ = out[-1].split()
+    return int(exclusive)
+
+
+@pytest.fixture(scope="session")
+def branch():
+    """A cluster on btrfs with pg_branch preloaded and the extension created."""
+    c = Cluster(mount("PG_BRANCH_TEST_BTRFS") / "pytest-branch", 5491).init().start()
+    c.sql("CREATE EXTENSION pg_branch")
+    c.sql("CREATE EXTENSION pg_walinspect")
+    yield c
+    c.stop(check=False)
+
+
+@pytest.fixture(scope="session")
+def core():
+    """The same cluster without pg_branch: the behaviour to match."""
+    c = Cluster(mount("PG_BRANCH_TEST_BTRFS") / "pytest-core", 5492, preload=False).init().start()
+    yield c
+    c.stop(check=False)
+
+
+@pytest.fixture(scope="session")
+def ext4():
+    """pg_branch preloaded on a filesystem that cannot clone."""
+    c = Cluster(mount("PG_BRANCH_TEST_EXT4") / "pytest-ext4", 5493).init().start()
+    yield c
+    c.stop(check=False)
+
+
+@pytest.fixture(scope="session")
+def xfs():
+    """pg_branch preloaded on XFS with reflink."""
+    c = Cluster(mount("PG_BRANCH_TEST_XFS") / "pytest-xfs", 5494).init().start()
+    yield c
+    c.stop(check=False)
