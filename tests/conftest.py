@@ -161,6 +161,7 @@ def core():
 def ext4():
     """pg_branch preloaded on a filesystem that cannot clone."""
     c = Cluster(mount("PG_BRANCH_TEST_EXT4") / "pytest-ext4", 5493).init().start()
+    c.sql("CREATE EXTENSION pg_branch")
     yield c
     c.stop(check=False)
 
@@ -169,5 +170,6 @@ def ext4():
 def xfs():
     """pg_branch preloaded on XFS with reflink."""
     c = Cluster(mount("PG_BRANCH_TEST_XFS") / "pytest-xfs", 5494).init().start()
+    c.sql("CREATE EXTENSION pg_branch")
     yield c
     c.stop(check=False)

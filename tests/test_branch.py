@@ -1,0 +1,219 @@
+"""What a branch is: an equal, copy-on-write copy of its template, made by
+the filesystem, logged for recovery, and only where it can be made."""
+
+import subprocess
+import time
+
+import psycopg
+import pytest
+
+from conftest import PG_BIN, Cluster, as_postgres, exclusive_bytes, is_subvolume
+
+
+def fingerprint(cluster, db):
+    """Row counts and content hashes of the app tables, plus sequence state."""
+    return cluster.sql(
+        """SELECT (SELECT count(*) FROM accounts), (SELECT sum(balance) FROM accounts),
+                  (SELECT md5(string_agg(id || ':' || balance || ':' || note, ',' ORDER BY id)) FROM accounts),
+                  (SELECT last_value FROM accounts_id_seq),
+                  (SELECT count(*) FROM pg_class)""",
+        dbname=db)
+
+
+@pytest.fixture(scope="module")
+def app(branch):
+    """A template with data, indexes and a sequence, made by a branch of
+    template1 (so it is a subvolume)."""
+    branch.sql("DROP DATABASE IF EXISTS app")
+    branch.sql("CREATE DATABASE app")
+    branch.sql("""
+        CREATE TABLE accounts (id bigserial PRIMARY KEY, balance int NOT NULL, note text);
+        INSERT INTO accounts (balance, note) SELECT g % 1000, repeat('x', g % 50) FROM generate_series(1, 200000) g;
+        CREATE INDEX ON accounts (balance);
+        CREATE UNLOGGED TABLE scratch AS SELECT g FROM generate_series(1, 1000) g;
+    """, dbname="app")
+    return "app"
+
+
+def test_branch_equals_template_and_is_a_subvolume(branch, app):
+    branch.sql("CREATE DATABASE b_equal TEMPLATE app")
+    assert fingerprint(branch, "b_equal") == fingerprint(branch, app)
+    assert branch.sql("SELECT count(*) FROM scratch", dbname="b_equal") == [(1000,)]
+    assert is_subvolume(branch.db_path("app")), "a database made by pg_branch is a subvolume"
+    assert is_subvolume(branch.db_path("b_equal"))
+    assert branch.sql("SELECT branch_method FROM pgbranch.database_storage() WHERE datname = 'b_equal'") == [("snapshot",)]
+    branch.sql("DROP DATABASE b_equal")
+
+
+def test_fresh_branch_shares_all_its_blocks(branch, app):
+    branch.sql("CHECKPOINT")
+    branch.sql("CREATE DATABASE b_space TEMPLATE app")
+    size = branch.one("SELECT pg_database_size('b_space')")
+    assert size > 20 << 20
+    assert exclusive_bytes(branch.db_path("b_space")) < 1 << 20
+    # Writing to the branch makes it diverge, and leaves the template alone.
+    before = fingerprint(branch, app)
+    branch.sql("UPDATE accounts SET balance = balance + 1", dbname="b_space")
+    branch.sql("CHECKPOINT")
+    assert exclusive_bytes(branch.db_path("b_space")) > 10 << 20
+    assert fingerprint(branch, app) == before
+    assert fingerprint(branch, "b_space") != before
+    branch.sql("DROP DATABASE b_space")
+
+
+def test_branch_of_a_branch_and_changes_stay_apart(branch, app):
+    branch.sql("CREATE DATABASE b_one TEMPLATE app")
+    branch.sql("INSERT INTO accounts (balance, note) VALUES (5, 'only in b_one')", dbname="b_one")
+    branch.sql("CREATE DATABASE b_two TEMPLATE b_one")
+    assert is_subvolume(branch.db_path("b_two"))
+    assert branch.one("SELECT count(*) FROM accounts WHERE note = 'only in b_one'", dbname="b_two") == 1
+    assert branch.one("SELECT count(*) FROM accounts WHERE note = 'only in b_one'", dbname=app) == 0
+    assert branch.one("SELECT nextval('accounts_id_seq')", dbname="b_two") == 200002
+    branch.sql("DROP DATABASE b_two")
+    branch.sql("DROP DATABASE b_one")
+
+
+def test_temporary_tables_of_the_template_are_not_copied(branch, app):
+    # Our own session may be connected to the template (as core allows).
+    with branch.connect(app) as conn:
+        conn.execute("CREATE TEMP TABLE mine AS SELECT 1 AS x")
+        temp = conn.execute("SELECT pg_relation_filepath('mine')").fetchone()[0]
+        assert (branch.data / temp).exists()
+        conn.execute("CREATE DATABASE b_temp TEMPLATE app")
+    copied = branch.db_path("b_temp") / temp.split("/")[-1]
+    assert not copied.exists()
+    branch.sql("DROP DATABASE b_temp")
+
+
+def test_unlogged_tables_keep_their_init_fork(branch, app):
+    branch.sql("CREATE DATABASE b_unlogged TEMPLATE app")
+    rel = branch.one("SELECT pg_relation_filepath('scratch')", dbname="b_unlogged")
+    assert (branch.data / (rel + "_init")).exists()
+    branch.sql("DROP DATABASE b_unlogged")
+
+
+def test_each_branch_is_wal_logged_like_file_copy(branch, app):
+    start = branch.one("SELECT pg_current_wal_flush_lsn()")
+    branch.sql("CREATE DATABASE b_wal TEMPLATE app")
+    end = branch.one("SELECT pg_current_wal_flush_lsn()")
+    src = branch.one("SELECT oid FROM pg_database WHERE datname = 'app'")
+    dst = branch.one("SELECT oid FROM pg_database WHERE datname = 'b_wal'")
+    records = branch.sql(
+        "SELECT record_type, description FROM pg_get_wal_records_info(%s, %s) WHERE resource_manager = 'Database'",
+        params=(start, end))
+    assert records == [("CREATE_FILE_COPY", f"copy dir 1663/{src} to 1663/{dst}")]
+    branch.sql("DROP DATABASE b_wal")
+
+
+def test_strategy_snapshot_and_core_strategies(branch, app):
+    branch.sql("CREATE DATABASE b_snap TEMPLATE app STRATEGY = snapshot")
+    branch.sql("CREATE DATABASE b_filecopy TEMPLATE app STRATEGY = FILE_COPY")
+    branch.sql("CREATE DATABASE b_wallog TEMPLATE app STRATEGY wal_log")
+    assert is_subvolume(branch.db_path("b_snap"))
+    assert not is_subvolume(branch.db_path("b_filecopy"))
+    assert not is_subvolume(branch.db_path("b_wallog"))
+    for db in ("b_snap", "b_filecopy", "b_wallog"):
+        assert fingerprint(branch, db) == fingerprint(branch, app)
+        branch.sql(f"DROP DATABASE {db}")
+
+
+def test_disabled_setting_leaves_create_database_to_core(branch, app):
+    with branch.connect() as conn:
+        conn.execute("SET pg_branch.enabled = off")
+        conn.execute("CREATE DATABASE b_off TEMPLATE app")
+        with pytest.raises(psycopg.errors.FeatureNotSupported) as e:
+            conn.execute("CREATE DATABASE b_off2 TEMPLATE app STRATEGY snapshot")
+        assert "pg_branch.enabled is off" in e.value.diag.message_primary
+    assert not is_subvolume(branch.db_path("b_off"))
+    branch.sql("DROP DATABASE b_off")
+
+
+def test_other_statements_are_untouched(branch):
+    branch.sql("CREATE DATABASE b_alter")
+    branch.sql("ALTER DATABASE b_alter RENAME TO b_altered")
+    branch.sql("ALTER DATABASE b_altered CONNECTION LIMIT 3")
+    assert branch.one("SELECT datconnlimit FROM pg_database WHERE datname = 'b_altered'") == 3
+    branch.sql("DROP DATABASE b_altered")
+    assert branch.one("SELECT count(*) FROM pg_database WHERE datname LIKE 'b_alter%'") == 0
+
+
+def test_without_copy_on_write_core_copies_with_one_notice(ext4):
+    notices = []
+    with ext4.connect() as conn:
+        conn.add_notice_handler(lambda d: notices.append((d.sqlstate, d.message_primary, d.message_detail)))
+        conn.execute("CREATE DATABASE plain_copy")
+        with pytest.raises(psycopg.errors.FeatureNotSupported) as e:
+            conn.execute("CREATE DATABASE snap_copy STRATEGY = SNAPSHOT")
+    assert len(notices) == 1
+    code, message, detail = notices[0]
+    assert message == 'template "template1" cannot be branched, copying it instead'
+    assert "ext4" in detail and "cannot clone" in detail
+    assert e.value.diag.sqlstate == "0A000"
+    assert 'STRATEGY SNAPSHOT from template "template1"' in e.value.diag.message_primary
+    assert ext4.one("SELECT count(*) FROM pg_database WHERE datname = 'plain_copy'") == 1
+    assert ext4.one("SELECT count(*) FROM pg_database WHERE datname = 'snap_copy'") == 0
+
+
+def test_xfs_branches_by_reflink(xfs):
+    xfs.sql("CREATE DATABASE xtpl")
+    xfs.sql("CREATE TABLE t AS SELECT g, md5(g::text) AS h FROM generate_series(1, 100000) g", dbname="xtpl")
+    xfs.sql("CREATE DATABASE xbranch TEMPLATE xtpl")
+    assert xfs.sql("SELECT filesystem, is_subvolume, branch_method FROM pgbranch.database_storage() "
+                   "WHERE datname = 'xbranch'") == [("xfs", False, "reflink")]
+    assert xfs.sql("SELECT count(*), md5(string_agg(h, '' ORDER BY g)) FROM t", dbname="xbranch") == \
+        xfs.sql("SELECT count(*), md5(string_agg(h, '' ORDER BY g)) FROM t", dbname="xtpl")
+    rel = xfs.one("SELECT pg_relation_filepath('t')", dbname="xbranch")
+    out = subprocess.run(["filefrag", "-v", str(xfs.data / rel)], capture_output=True, text=True).stdout
+    extents = [l for l in out.splitlines() if l.strip()[:1].isdigit() and ":" in l]
+    assert extents and all("shared" in l for l in extents)
+
+
+def test_loading_without_preload_refuses_with_a_hint(core):
+    with pytest.raises(psycopg.Error) as e:
+        core.sql("LOAD 'pg_branch'")
+    assert e.value.diag.message_primary == "pg_branch must be loaded via shared_preload_libraries"
+    assert "shared_preload_libraries" in e.value.diag.message_hint
+
+
+def test_branch_survives_a_crash_right_after_commit(branch, app):
+    branch.sql("CREATE DATABASE b_crash TEMPLATE app")
+    want = fingerprint(branch, app)
+    branch.kill9()
+    branch.start()
+    assert fingerprint(branch, "b_crash") == want
+    assert is_subvolume(branch.db_path("b_crash"))
+    branch.sql("DROP DATABASE b_crash")
+
+
+def test_streaming_standby_receives_every_branch(branch, app):
+    standby = Cluster(branch.root.parent / "pytest-standby", 5495)
+    if standby.root.exists():
+        standby.stop(check=False)
+        subprocess.run(["rm", "-rf", str(standby.root)], check=True)
+    standby.root.mkdir(parents=True)
+    standby.sock.mkdir()
+    subprocess.run(["chown", "-R", "postgres:postgres", str(standby.root)], check=True)
+    as_postgres(PG_BIN / "pg_basebackup", "-D", standby.data, "-R", "-X", "stream", "-c", "fast",
+                "-h", branch.sock, "-p", branch.port, "-U", "postgres")
+    with open(standby.data / "postgresql.conf", "a") as f:
+        f.write(f"port = {standby.port}\nunix_socket_directories = '{standby.sock}'\nhot_standby = on\n")
+    standby.start()
+    try:
+        branch.sql("CREATE DATABASE b_standby TEMPLATE app")
+        branch.sql("INSERT INTO accounts (balance, note) VALUES (1, 'after branch')", dbname="b_standby")
+        lsn = branch.one("SELECT pg_current_wal_insert_lsn()")
+        for _ in range(600):
+            if standby.one("SELECT pg_last_wal_replay_lsn() >= %s::pg_lsn", params=(lsn,)):
+                break
+            time.sleep(0.1)
+        # A standby's sequences read as far as the primary logged ahead (32
+        # values), so compare everything but last_value.
+        drop_seq = lambda rows: [r[:3] + r[4:] for r in rows]  # noqa: E731
+        assert drop_seq(fingerprint(standby, "b_standby")) == drop_seq(fingerprint(branch, "b_standby"))
+        # Core's FILE_COPY record replays as a plain copy on the standby.
+        standby.sql("SELECT 1", dbname="b_standby")
+        with pytest.raises(psycopg.errors.ReadOnlySqlTransaction):
+            standby.sql("CREATE DATABASE on_standby")
+    finally:
+        standby.stop(check=False)
+        branch.sql("DROP DATABASE IF EXISTS b_standby")
