@@ -43,12 +43,17 @@ log=$(mktemp)
 set +e
 "$VENV/bin/pytest" -p no:cacheprovider -q -rfE tests "$@" 2>&1 | tee "$log"
 set -e
-# pytest's last line: "== 3 failed, 60 passed in 12.3s ==" (any order).
-last=$(grep -E "[0-9]+ (passed|failed)" "$log" | tail -1 || true)
-p=$(grep -oE "[0-9]+ passed" <<<"$last" | grep -oE "[0-9]+" || echo 0)
-f=$(grep -oE "[0-9]+ (failed|errors?)" <<<"$last" | awk '{s += $1} END {print s + 0}')
-[ -n "$last" ] || f=$((f + 1))  # no summary at all: the run broke
-passed=$((passed + p)); failed=$((failed + ${f:-0}))
+# pytest's summary line: "== 3 failed, 60 passed, 1 error in 12.3s ==".
+read -r p f < <(awk '/ in [0-9.]+s/ && /(passed|failed|error)/ {
+        p = f = 0
+        for (i = 2; i <= NF; i++) {
+            if ($i ~ /^passed/) p = $(i - 1)
+            if ($i ~ /^(failed|errors?)/) f += $(i - 1)
+        }
+        seen = 1
+    }
+    END { if (!seen) f = 1; print p + 0, f + 0 }' "$log")
+passed=$((passed + p)); failed=$((failed + f))
 rm -f "$log"
 
 echo
