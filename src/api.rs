@@ -85,6 +85,43 @@ fn database_storage() -> TableIterator<
     TableIterator::new(out)
 }
 
+/// The last branch this session made: what it took, and for how long the
+/// template's writers were paused. No row before the first branch.
+#[pg_extern(volatile, parallel_safe)]
+#[allow(clippy::type_complexity)]
+fn last_branch() -> TableIterator<
+    'static,
+    (
+        name!(datname, String),
+        name!(template, String),
+        name!(method, String),
+        name!(relations, i64),
+        name!(fence_wait_ms, f64),
+        name!(fence_ms, f64),
+        name!(fence_up_at, Option<TimestampWithTimeZone>),
+        name!(fence_down_at, Option<TimestampWithTimeZone>),
+        name!(clone_ms, f64),
+        name!(checkpoint_ms, f64),
+        name!(total_ms, f64),
+    ),
+> {
+    TableIterator::new(branch::last_branch().map(|s| {
+        (
+            s.database,
+            s.template,
+            s.method,
+            s.relations,
+            s.fence_wait_ms,
+            s.fence_ms,
+            TimestampWithTimeZone::try_from(s.fence_up_at).ok(),
+            TimestampWithTimeZone::try_from(s.fence_down_at).ok(),
+            s.clone_ms,
+            s.checkpoint_ms,
+            s.total_ms,
+        )
+    }))
+}
+
 extension_sql!(
     r#"
 REVOKE ALL ON FUNCTION database_storage() FROM PUBLIC;

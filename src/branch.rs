@@ -6,6 +6,7 @@
 use crate::catalog::{self, DatabaseRow, NewDatabase};
 use crate::cleanup;
 use crate::error::{error, Report};
+use crate::fence::Fence;
 use crate::ffi;
 use crate::options::CreatedbOptions;
 use crate::wal;
@@ -98,18 +99,19 @@ pub unsafe fn createdb(pstate: *mut pg_sys::ParseState, stmt: *const pg_sys::Cre
     }
     pg_sys::check_is_member_of_role(pg_sys::GetUserId(), owner);
 
-    // 3. Pin the template. ShareLock, as core: concurrent CREATE DATABASEs
-    // from the same template may proceed, while DROP DATABASE, RENAME and
-    // SET TABLESPACE (all AccessExclusiveLock) wait; new connections to
-    // the template wait too (they take RowExclusiveLock), which together
-    // with the busy check below keeps the template's files still while we
-    // clone them. (Issue "live templates" lowers this to a writer fence.)
+    // 3. Pin the template. We deliberately differ from core here: core
+    // takes ShareLock, which also blocks new connections to the template,
+    // and insists that no one else is connected. We take AccessShareLock,
+    // which conflicts only with AccessExclusiveLock: DROP DATABASE, ALTER
+    // DATABASE RENAME and SET TABLESPACE wait for us, while sessions keep
+    // connecting and working. Consistency comes from the writer fence
+    // (step 5) instead of from an empty template.
     let template_name = o
         .template
         .clone()
         .unwrap_or_else(|| c"template1".to_owned());
-    let template =
-        catalog::lock_database(&template_name, pg_sys::ShareLock as _).unwrap_or_else(|| {
+    let template = catalog::lock_database(&template_name, pg_sys::AccessShareLock as _)
+        .unwrap_or_else(|| {
             error(
                 PgSqlErrorCode::ERRCODE_INVALID_CATALOG_NAME,
                 format!(
@@ -171,21 +173,6 @@ pub unsafe fn createdb(pstate: *mut pg_sys::ParseState, stmt: *const pg_sys::Cre
         );
     }
 
-    // As core (for now): the template may have no other backends, except
-    // this one. Last among the checks, because it waits up to 5 s.
-    let (mut others, mut prepared) = (0, 0);
-    if pg_sys::CountOtherDBBackends(template.oid, &mut others, &mut prepared) {
-        Report::new(
-            PgSqlErrorCode::ERRCODE_OBJECT_IN_USE,
-            format!(
-                "source database \"{}\" is being accessed by other users",
-                template_name.to_string_lossy()
-            ),
-        )
-        .detail(busy_detail(others, prepared))
-        .error();
-    }
-
     // How to clone each directory, decided now that the template is
     // locked. The hook probed the same before handing us the statement, so
     // this fails only if the template moved in between.
@@ -228,22 +215,35 @@ pub unsafe fn createdb(pstate: *mut pg_sys::ParseState, stmt: *const pg_sys::Cre
     );
     catalog::record_dependencies(dboid, owner, template.oid);
 
-    // 6.-11. From the first clone on, any failure must remove what was
+    // 5.-11. From the first clone on, any failure must remove what was
     // cloned (cleanup.rs); the catalog row goes with the aborted
     // transaction.
-    let method = cleanup::guarded(dboid, || {
-        // 6. Flush. Every page of the template that committed transactions
-        // changed goes to the kernel, so the clone sees it. Nothing can
-        // dirty the template meanwhile: it has no other backends and new
-        // connections wait for our ShareLock. Unlike core's FILE_COPY we do
-        // not checkpoint first: a file whose unlink the checkpointer has
-        // deferred is either skipped (it vanished) or cloned as the empty
-        // tombstone it is, which no relation of the branch refers to.
+    let mut stats = BranchStats {
+        database: dbname.to_string_lossy().into_owned(),
+        template: template_name.to_string_lossy().into_owned(),
+        ..Default::default()
+    };
+    cleanup::guarded(dboid, || {
+        // 5. Fence the template's writers (fence.rs). Everything before
+        // this point (validation, catalog row) and everything after step 9
+        // (the checkpoint) runs while writers carry on; only the flush,
+        // the clone and the WAL record run behind the fence.
+        let fence = Fence::raise(template.oid, template.tablespace, &template_name);
+        stats.fence_wait_ms = ms(fence.waited);
+        stats.fence_up_at = fence.up_at;
+        stats.relations = fence.relations as i64;
+
+        // 6. Flush. Every page that committed transactions changed goes to
+        // the kernel, so the clone sees it; no transaction that could still
+        // commit or abort has written to the template. Unlike core's
+        // FILE_COPY we do not checkpoint first: a file whose unlink the
+        // checkpointer has deferred is either skipped (it vanished) or
+        // cloned as the empty tombstone it is, used by no relation.
         pg_sys::FlushDatabaseBuffers(template.oid);
 
         // 7. Clone each directory, and 8. log each one as core's FILE_COPY
         // does, so crash recovery and standbys can rebuild it.
-        let mut method = Method::Snapshot;
+        let clone_started = Instant::now();
         for step in &steps {
             let dst = ffi::database_path(dboid, step.dst_tablespace);
             cleanup::created(step.dst_tablespace, dst.clone());
@@ -257,40 +257,87 @@ pub unsafe fn createdb(pstate: *mut pg_sys::ParseState, stmt: *const pg_sys::Cre
                 step.src_tablespace,
             );
             cleanup::logged(step.dst_tablespace);
-            if step.method == Method::Reflink {
-                method = Method::Reflink;
-            }
         }
+        stats.clone_ms = ms(clone_started.elapsed());
+        let all_snapshots = steps.iter().all(|s| s.method == Method::Snapshot);
+        stats.method = if all_snapshots {
+            Method::Snapshot
+        } else {
+            Method::Reflink
+        }
+        .name()
+        .into();
+
+        // 9. Lower the fence: the copy and its WAL record exist.
+        let (up, down_at) = fence.lower();
+        stats.fence_ms = ms(up);
+        stats.fence_down_at = down_at;
 
         // 10. Full-page-image rule, the way core's FILE_COPY keeps it: a
         // checkpoint after the copy and before commit, so ordinary crash
         // recovery never replays the records above (replay would re-copy
         // the template as it is then, not as it was), and the first change
         // to every page of the branch is logged with a full-page image.
+        let checkpoint_started = Instant::now();
         ffi::request_checkpoint(
             ffi::CHECKPOINT_IMMEDIATE | ffi::CHECKPOINT_FORCE | ffi::CHECKPOINT_WAIT,
         );
+        stats.checkpoint_ms = ms(checkpoint_started.elapsed());
 
         pg_sys::table_close(rel, pg_sys::NoLock as _);
 
         // As core: commit synchronously, to shorten the window in which a
         // crash leaves a directory that no pg_database row owns.
         pg_sys::ForceSyncCommit();
-        method
     });
 
+    stats.total_ms = ms(started.elapsed());
     Report::new(
         PgSqlErrorCode::ERRCODE_SUCCESSFUL_COMPLETION,
         format!(
-            "branched database \"{}\" from \"{}\" by {} in {:.1} ms",
-            dbname.to_string_lossy(),
-            template_name.to_string_lossy(),
-            method,
-            started.elapsed().as_secs_f64() * 1000.0
+            "branched database \"{}\" from \"{}\" by {} in {:.1} ms (writers paused {:.1} ms, waited {:.1} ms for them)",
+            stats.database, stats.template, stats.method, stats.total_ms, stats.fence_ms, stats.fence_wait_ms
         ),
     )
     .debug1();
+    LAST.with(|l| *l.borrow_mut() = Some(stats));
     dboid
+}
+
+/// Timings of one branch, for `pgbranch.last_branch()` and the benchmarks.
+#[derive(Debug, Clone, Default)]
+pub struct BranchStats {
+    pub database: String,
+    pub template: String,
+    pub method: String,
+    /// Relations of the template under the fence.
+    pub relations: i64,
+    /// Waiting for the template's writers to finish (raising the fence).
+    pub fence_wait_ms: f64,
+    /// Writers of the template paused: fence complete to fence lowered.
+    pub fence_ms: f64,
+    /// Server time when the fence was complete, and just before it was
+    /// lowered: every write committed before the first is in the branch,
+    /// none committed after the second is, and none commits in between.
+    pub fence_up_at: pg_sys::TimestampTz,
+    pub fence_down_at: pg_sys::TimestampTz,
+    pub clone_ms: f64,
+    pub checkpoint_ms: f64,
+    pub total_ms: f64,
+}
+
+thread_local! {
+    /// The last branch this session made.
+    static LAST: std::cell::RefCell<Option<BranchStats>> = const { std::cell::RefCell::new(None) };
+}
+
+/// The last branch this session made, if any.
+pub fn last_branch() -> Option<BranchStats> {
+    LAST.with(|l| l.borrow().clone())
+}
+
+fn ms(d: std::time::Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
 }
 
 /// Core's `have_createdb_privilege()`.
@@ -308,19 +355,6 @@ fn have_createdb_privilege() -> bool {
         let ok = (*pg_sys::heap_tuple_get_struct::<pg_sys::FormData_pg_authid>(tuple)).rolcreatedb;
         pg_sys::ReleaseSysCache(tuple);
         ok
-    }
-}
-
-/// Core's `errdetail_busy_db()`.
-fn busy_detail(others: i32, prepared: i32) -> String {
-    match (others, prepared) {
-        (o, p) if o > 0 && p > 0 => format!(
-            "There are {o} other session(s) and {p} prepared transaction(s) using the database."
-        ),
-        (1, _) => "There is 1 other session using the database.".into(),
-        (o, 0) => format!("There are {o} other sessions using the database."),
-        (_, 1) => "There is 1 prepared transaction using the database.".into(),
-        (_, p) => format!("There are {p} prepared transactions using the database."),
     }
 }
 

@@ -27,6 +27,11 @@ mod raw {
             collprovider: c_char,
             collcollate: *const c_char,
         ) -> *mut c_char;
+        // utils/relmapper.h
+        pub fn RelationMapOidToFilenodeForDatabase(
+            dbpath: *mut c_char,
+            relationId: pg_sys::Oid,
+        ) -> pg_sys::Oid;
     }
 }
 
@@ -72,6 +77,15 @@ pub fn collation_actual_version(provider: c_char, locale: &CStr) -> Option<CStri
         let v = raw::get_collation_actual_version(provider, locale.as_ptr());
         (!v.is_null()).then(|| CStr::from_ptr(v).to_owned())
     }
+}
+
+/// The relfilenode of mapped relation `rel` in the database directory
+/// `dbpath` (read from its `pg_filenode.map`).
+///
+/// # Safety
+/// `dbpath` must be a NUL-terminated path of an existing database directory.
+pub unsafe fn relation_map_filenode(dbpath: *mut c_char, rel: pg_sys::Oid) -> pg_sys::Oid {
+    raw::RelationMapOidToFilenodeForDatabase(dbpath, rel)
 }
 
 /// Copy a possibly-NULL C string owned by the server.

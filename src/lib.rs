@@ -12,6 +12,7 @@ mod branch;
 mod catalog;
 mod cleanup;
 mod error;
+mod fence;
 mod ffi;
 mod gucs;
 mod hook;

@@ -59,6 +59,7 @@ class Cluster:
             "wal_level = replica",
             "max_wal_senders = 4",
             "max_prepared_transactions = 4",
+            "track_commit_timestamp = on",
             "fsync = on",
             "log_min_messages = warning",
             "log_line_prefix = '%m [%p] '",

@@ -15,7 +15,7 @@ and error path of PostgreSQL 15's createdb().
 """
 
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import psycopg
 import pytest
@@ -36,7 +36,6 @@ class Case:
     autocommit: bool = True
     branched: bool = True  # on success, pg_branch made it (else core did)
     new: str = NEW
-    setup: list = field(default_factory=list)
 
 
 CASES = [
@@ -98,8 +97,6 @@ CASES = [
     Case("strategy_file_copy", [f"CREATE DATABASE {NEW} TEMPLATE tpl_is STRATEGY file_copy"], template="tpl_is",
          branched=False),
     Case("strategy_repeated", [f"CREATE DATABASE {NEW} STRATEGY wal_log STRATEGY wal_log"], branched=False),
-    Case("busy_template", [f"CREATE DATABASE {NEW} TEMPLATE tpl_busy"],
-         setup=["BUSY tpl_busy"]),
 ]
 
 SETUP = [
@@ -156,24 +153,15 @@ SELECT d.datdba::regrole::text, pg_encoding_to_char(d.encoding), d.datlocprovide
 
 def run(cluster, case):
     """Run the case; return (outcome, messages) and clean up after it."""
-    busy = None
-    for s in case.setup:
-        if s.startswith("BUSY "):
-            busy = cluster.connect(s.split()[1])
     messages = []
-    outcome = None
-    try:
-        with psycopg.connect(cluster.conninfo(case.dbname, case.user), autocommit=case.autocommit) as conn:
-            conn.add_notice_handler(lambda d: messages.append((d.severity_nonlocalized, d.sqlstate, d.message_primary)))
-            try:
-                for s in case.sql:
-                    conn.execute(s)
-                outcome = ("ok",)
-            except psycopg.Error as e:
-                outcome = ("error", e.diag.sqlstate, e.diag.message_primary, e.diag.message_detail, e.diag.message_hint)
-    finally:
-        if busy:
-            busy.close()
+    with psycopg.connect(cluster.conninfo(case.dbname, case.user), autocommit=case.autocommit) as conn:
+        conn.add_notice_handler(lambda d: messages.append((d.severity_nonlocalized, d.sqlstate, d.message_primary)))
+        try:
+            for s in case.sql:
+                conn.execute(s)
+            outcome = ("ok",)
+        except psycopg.Error as e:
+            outcome = ("error", e.diag.sqlstate, e.diag.message_primary, e.diag.message_detail, e.diag.message_hint)
     return outcome, messages
 
 
@@ -239,8 +227,30 @@ def test_invalid_strategy_hint_names_snapshot(clusters):
                    'Valid strategies are "wal_log", "file_copy" and "snapshot".')
 
 
-def test_busy_template_reports_prepared_transactions(clusters):
+def test_busy_template_is_branched_where_core_refuses(clusters):
+    """Deliberate difference: core refuses a template with other sessions
+    (55006, after 5 s); pg_branch branches it (see test_live_template.py)."""
     branch, core = clusters["branch"], clusters["core"]
+    case = Case("busy_template", [f"CREATE DATABASE {NEW} TEMPLATE tpl_busy"])
+    outcomes = []
+    for c in (branch, core):
+        with c.connect("tpl_busy"):
+            outcomes.append(run(c, case)[0])
+    try:
+        assert outcomes[1] == ("error", "55006", 'source database "tpl_busy" is being accessed by other users',
+                               "There is 1 other session using the database.", None)
+        assert outcomes[0] == ("ok",)
+        assert is_subvolume(branch.db_path(NEW))
+    finally:
+        drop_new(branch, case)
+        drop_new(core, case)
+
+
+def test_prepared_transaction_in_template(clusters):
+    """Core refuses (55006) at once; pg_branch waits for the prepared
+    transaction, says so, and with lock_timeout fails naming it."""
+    branch, core = clusters["branch"], clusters["core"]
+    case = Case("busy_prepared", ["SET lock_timeout = '1s'", f"CREATE DATABASE {NEW} TEMPLATE tpl_busy"])
     outcomes = []
     for c in (branch, core):
         with c.connect("tpl_busy", autocommit=False) as conn:
@@ -248,10 +258,18 @@ def test_busy_template_reports_prepared_transactions(clusters):
             conn.commit()
             conn.execute("INSERT INTO p VALUES (1)")
             conn.execute("PREPARE TRANSACTION 'regress_busy'")
+        xid = c.one("SELECT transaction FROM pg_prepared_xacts WHERE gid = 'regress_busy'", dbname="tpl_busy")
         try:
-            outcomes.append(run(c, Case("busy_prepared", [f"CREATE DATABASE {NEW} TEMPLATE tpl_busy"])))
+            outcomes.append((run(c, case), xid))
         finally:
             c.sql("ROLLBACK PREPARED 'regress_busy'", dbname="tpl_busy")
-    assert outcomes[0] == outcomes[1]
-    assert outcomes[0][0][1:4] == ("55006", 'source database "tpl_busy" is being accessed by other users',
-                                   "There is 1 prepared transaction using the database.")
+    ((got, notices), xid), ((want, _), _) = outcomes
+    assert want[:4] == ("error", "55006", 'source database "tpl_busy" is being accessed by other users',
+                        "There is 1 prepared transaction using the database.")
+    assert got[:3] == ("error", "55P03", "canceling statement due to lock timeout")
+    assert got[3] == (f'CREATE DATABASE was waiting for ShareLock on relation "p" of template database "tpl_busy", '
+                      f'held by prepared transaction "regress_busy" (xid {xid}).')
+    assert "pg_prepared_xacts" in got[4]
+    assert ("NOTICE", "00000", f'waiting for prepared transaction "regress_busy" (xid {xid}), which wrote to '
+            'relation "p" of template database "tpl_busy"') in notices
+    assert branch.one("SELECT count(*) FROM pg_database WHERE datname = %s", params=(NEW,)) == 0

@@ -1,0 +1,336 @@
+//! The writer fence (DESIGN step 5): while it is up, nobody writes to the
+//! template, so a clone taken then is a transactionally consistent copy.
+//!
+//! The fence is a `ShareLock` on every relation of the template: first its
+//! `pg_class`, so no relation can be created or changed while we list them,
+//! then every relation that `pg_class` lists. ShareLock conflicts with the
+//! lock of every writer (RowExclusiveLock for INSERT/UPDATE/DELETE and
+//! `nextval`, ShareUpdateExclusiveLock for VACUUM, ANALYZE and CREATE INDEX
+//! CONCURRENTLY, and everything stronger) and with no reader
+//! (AccessShareLock) and no new connection. Relation locks are held to the
+//! end of the transaction that took them, so once the fence is complete
+//! every transaction that wrote to the template has committed or aborted,
+//! and no new one can write until we lower it.
+//!
+//! Deadlock freedom: we never wait for a lock while holding another fence
+//! lock. Locks are taken without waiting; when one is busy, every fence lock
+//! is released, we wait for the busy one alone (new writers of it now queue
+//! behind our request), and start again holding just that one. A writer
+//! that takes its tables in a different order than we do can therefore
+//! never deadlock with us, only make us retry.
+//!
+//! Readers keep running while the fence is up. They may still change pages
+//! of the template without a conflicting lock (hint bits, HOT pruning), and
+//! a buffer they dirty may be written while we clone. Each such write is one
+//! 8 kB `pwrite` that both btrfs (page-locked buffered writes against the
+//! snapshot's flush) and XFS (the inode lock FICLONE takes) apply
+//! atomically with respect to the clone, and both versions of such a page
+//! hold the same committed data, so either is correct in the branch.
+//!
+//! Reading the template's `pg_class` from another database works as in
+//! core's `ScanSourceDatabasePgClass()`: through its relation map and the
+//! buffer manager, never the relcache. Unlike core, other sessions may be
+//! connected to the template, so the ShareLock on its `pg_class` is what
+//! guarantees no in-progress pg_class writer; the snapshot is taken after it.
+
+use crate::error::Report;
+use crate::ffi;
+use pgrx::pg_sys::{self, Oid};
+use pgrx::prelude::*;
+use pgrx::PgTryBuilder;
+use std::ffi::CStr;
+use std::time::{Duration, Instant};
+
+/// One relation of the template, as its `pg_class` row describes it.
+#[derive(Debug, Clone)]
+struct Relation {
+    oid: Oid,
+    name: String,
+    kind: u8,
+}
+
+/// A raised fence: the relations of `db` we hold ShareLock on.
+pub struct Fence {
+    db: Oid,
+    held: Vec<Oid>,
+    /// When the fence became complete (also as a server timestamp, to
+    /// compare with commit timestamps).
+    pub up_since: Instant,
+    pub up_at: pg_sys::TimestampTz,
+    /// How long raising it took (waiting for writers to finish).
+    pub waited: Duration,
+    /// How many relations it covers.
+    pub relations: usize,
+}
+
+impl Fence {
+    /// Raise the fence around database `db` (default tablespace
+    /// `tablespace`, named `name` in messages). Waits for every transaction
+    /// that wrote to it, honouring `lock_timeout`, `statement_timeout` and
+    /// cancellation; the deadlock detector also cancels an autovacuum
+    /// worker that keeps us waiting.
+    pub fn raise(db: Oid, tablespace: Oid, name: &CStr) -> Fence {
+        let started = Instant::now();
+        let mut fence = Fence {
+            db,
+            held: Vec::new(),
+            up_since: started,
+            up_at: 0,
+            waited: Duration::ZERO,
+            relations: 0,
+        };
+        'attempt: loop {
+            check_for_interrupts!();
+            if !fence.held.contains(&pg_sys::RelationRelationId)
+                && !fence.try_take(pg_sys::RelationRelationId)
+            {
+                fence.wait_alone(pg_sys::RelationRelationId, "pg_class", name);
+                continue 'attempt;
+            }
+            // pg_class is ours: the list cannot change until we let go.
+            let relations = template_relations(db, tablespace);
+            for rel in &relations {
+                if !fence.held.contains(&rel.oid) && !fence.try_take(rel.oid) {
+                    fence.wait_alone(rel.oid, &rel.name, name);
+                    continue 'attempt;
+                }
+            }
+            fence.relations = relations.len();
+            break;
+        }
+        fence.up_since = Instant::now();
+        // SAFETY: reads the clock.
+        fence.up_at = unsafe { pg_sys::GetCurrentTimestamp() };
+        fence.waited = fence.up_since - started;
+        fence
+    }
+
+    /// Lower the fence: writers of the template resume. Returns how long
+    /// it was up, and the server time just before the first writer could
+    /// resume.
+    pub fn lower(mut self) -> (Duration, pg_sys::TimestampTz) {
+        // SAFETY: reads the clock.
+        let down_at = unsafe { pg_sys::GetCurrentTimestamp() };
+        self.release_all();
+        (self.up_since.elapsed(), down_at)
+    }
+
+    fn try_take(&mut self, rel: Oid) -> bool {
+        let tag = relation_tag(self.db, rel);
+        // SAFETY: `tag` is a valid LOCKTAG; not waiting, so no error other
+        // than out-of-shared-memory can come from here, and that unwinds.
+        let got = unsafe { pg_sys::LockAcquire(&tag, pg_sys::ShareLock as _, false, true) };
+        if got == pg_sys::LockAcquireResult::LOCKACQUIRE_NOT_AVAIL {
+            return false;
+        }
+        self.held.push(rel);
+        true
+    }
+
+    fn release_all(&mut self) {
+        for rel in self.held.drain(..) {
+            let tag = relation_tag(self.db, rel);
+            // SAFETY: we took exactly this lock once per entry of `held`.
+            unsafe { pg_sys::LockRelease(&tag, pg_sys::ShareLock as _, false) };
+        }
+    }
+
+    /// Let go of everything, then wait for `rel` alone and keep it.
+    fn wait_alone(&mut self, rel: Oid, rel_name: &str, db_name: &CStr) {
+        self.release_all();
+        let tag = relation_tag(self.db, rel);
+        let holders = holders(self.db, rel);
+        if let Some(Holder::Prepared { xid, gid }) = holders
+            .iter()
+            .find(|h| matches!(h, Holder::Prepared { .. }))
+        {
+            Report::new(
+                PgSqlErrorCode::ERRCODE_SUCCESSFUL_COMPLETION,
+                format!(
+                    "waiting for prepared transaction \"{gid}\" (xid {xid}), which wrote to relation \"{rel_name}\" of template database \"{}\"",
+                    db_name.to_string_lossy()
+                ),
+            )
+            .hint("Finish it with COMMIT PREPARED or ROLLBACK PREPARED; SELECT * FROM pg_prepared_xacts shows it.")
+            .notice();
+        }
+        let described = describe(&holders);
+        let db_display = db_name.to_string_lossy().into_owned();
+        let rel_display = rel_name.to_string();
+        PgTryBuilder::new(|| {
+            // SAFETY: a blocking LockAcquire; lock_timeout, cancellation
+            // and deadlock errors unwind to the catch below.
+            unsafe { pg_sys::LockAcquire(&tag, pg_sys::ShareLock as _, false, false) };
+        })
+        .catch_when(PgSqlErrorCode::ERRCODE_LOCK_NOT_AVAILABLE, |e| {
+            let hint = if holders.iter().any(|h| matches!(h, Holder::Prepared { .. })) {
+                "Finish the prepared transaction with COMMIT PREPARED or ROLLBACK PREPARED; SELECT * FROM pg_prepared_xacts shows it."
+            } else {
+                "A branch waits until every transaction that wrote to its template has ended; pg_stat_activity shows the sessions."
+            };
+            let message = match &e {
+                pg_sys::panic::CaughtError::PostgresError(r)
+                | pg_sys::panic::CaughtError::ErrorReport(r)
+                | pg_sys::panic::CaughtError::RustPanic { ereport: r, .. } => r.message().to_string(),
+            };
+            Report::new(PgSqlErrorCode::ERRCODE_LOCK_NOT_AVAILABLE, message)
+                .detail(format!(
+                    "CREATE DATABASE was waiting for ShareLock on relation \"{rel_display}\" of template database \"{db_display}\", held by {described}."
+                ))
+                .hint(hint)
+                .error()
+        })
+        .execute();
+        self.held.push(rel);
+    }
+}
+
+/// `SET_LOCKTAG_RELATION(tag, db, rel)`.
+fn relation_tag(db: Oid, rel: Oid) -> pg_sys::LOCKTAG {
+    pg_sys::LOCKTAG {
+        locktag_field1: db.to_u32(),
+        locktag_field2: rel.to_u32(),
+        locktag_field3: 0,
+        locktag_field4: 0,
+        locktag_type: pg_sys::LockTagType::LOCKTAG_RELATION as u8,
+        locktag_lockmethodid: pg_sys::DEFAULT_LOCKMETHOD as u8,
+    }
+}
+
+enum Holder {
+    Backend(i32),
+    Prepared { xid: i64, gid: String },
+}
+
+/// Who holds a lock on relation `rel` of database `db` that conflicts with
+/// ShareLock, read from `pg_locks`. A prepared transaction shows there with
+/// no PID; its XID and GID come from its own transaction-ID lock and
+/// `pg_prepared_xacts`. (The lock manager's own answer, GetLockConflicts,
+/// cannot tell a prepared transaction from the session that prepared it
+/// in current minor releases.)
+fn holders(db: Oid, rel: Oid) -> Vec<Holder> {
+    const QUERY: &str = "
+        SELECT l.pid, p.transaction::text::bigint, p.gid
+          FROM pg_locks l
+          LEFT JOIN pg_locks x ON l.pid IS NULL AND x.pid IS NULL AND x.locktype = 'transactionid'
+                              AND x.virtualtransaction = l.virtualtransaction
+          LEFT JOIN pg_prepared_xacts p ON p.transaction = x.transactionid
+         WHERE l.locktype = 'relation' AND l.database = $1 AND l.relation = $2 AND l.granted
+           AND l.mode IN ('RowExclusiveLock', 'ShareUpdateExclusiveLock', 'ShareRowExclusiveLock',
+                          'ExclusiveLock', 'AccessExclusiveLock')
+         ORDER BY 1, 2";
+    Spi::connect(|c| {
+        let rows = c.select(QUERY, None, &[db.into(), rel.into()])?;
+        let mut out = Vec::new();
+        for row in rows {
+            match (
+                row.get::<i32>(1)?,
+                row.get::<i64>(2)?,
+                row.get::<String>(3)?,
+            ) {
+                (Some(pid), _, _) => out.push(Holder::Backend(pid)),
+                (None, Some(xid), Some(gid)) => out.push(Holder::Prepared { xid, gid }),
+                _ => {}
+            }
+        }
+        Ok::<_, pgrx::spi::SpiError>(out)
+    })
+    .unwrap_or_default()
+}
+
+fn describe(holders: &[Holder]) -> String {
+    let parts: Vec<String> = holders
+        .iter()
+        .map(|h| match h {
+            Holder::Backend(pid) => format!("process {pid}"),
+            Holder::Prepared { xid, gid } => format!("prepared transaction \"{gid}\" (xid {xid})"),
+        })
+        .collect();
+    if parts.is_empty() {
+        "a transaction that has since ended".into()
+    } else {
+        parts.join(", ")
+    }
+}
+
+/// Every relation of database `db` that a writer could lock: all rows of
+/// its `pg_class` visible now, except shared catalogs (not in the
+/// template's directory) and other sessions' temporary tables (not copied,
+/// and their writers must not hold a branch up). Tables come first, then
+/// TOAST tables, then indexes, the order in which writers take them.
+fn template_relations(db: Oid, tablespace: Oid) -> Vec<Relation> {
+    let mut out = Vec::new();
+    // SAFETY: as core's ScanSourceDatabasePgClass: ShareLock on the
+    // template's pg_class is held, each buffer is pinned and share-locked
+    // while its tuples are read, and everything is released here.
+    unsafe {
+        let dbpath = pg_sys::GetDatabasePath(db, tablespace);
+        let relfilenode = ffi::relation_map_filenode(dbpath, pg_sys::RelationRelationId);
+        let rnode = pg_sys::RelFileNode {
+            spcNode: tablespace,
+            dbNode: db,
+            relNode: relfilenode,
+        };
+        let smgr = pg_sys::smgropen(rnode, pg_sys::InvalidBackendId);
+        let nblocks = pg_sys::smgrnblocks(smgr, pg_sys::ForkNumber::MAIN_FORKNUM);
+        pg_sys::smgrclose(smgr);
+        let strategy = pg_sys::GetAccessStrategy(pg_sys::BufferAccessStrategyType::BAS_BULKREAD);
+        // A snapshot taken after our lock sees every pg_class change as
+        // committed or aborted: none can be in progress.
+        let snapshot = pg_sys::RegisterSnapshot(pg_sys::GetLatestSnapshot());
+        for blkno in 0..nblocks {
+            check_for_interrupts!();
+            let buf = pg_sys::ReadBufferWithoutRelcache(
+                rnode,
+                pg_sys::ForkNumber::MAIN_FORKNUM,
+                blkno,
+                pg_sys::ReadBufferMode::RBM_NORMAL,
+                strategy,
+                true,
+            );
+            pg_sys::LockBuffer(buf, pg_sys::BUFFER_LOCK_SHARE as _);
+            let page = pg_sys::BufferGetPage(buf);
+            if !pg_sys::PageIsNew(page) && !pg_sys::PageIsEmpty(page) {
+                for off in 1..=pg_sys::PageGetMaxOffsetNumber(page) {
+                    let item = pg_sys::PageGetItemId(page, off);
+                    if (*item).lp_flags() != pg_sys::LP_NORMAL {
+                        continue;
+                    }
+                    let mut tuple: pg_sys::HeapTupleData = std::mem::zeroed();
+                    tuple.t_data = pg_sys::PageGetItem(page, item) as pg_sys::HeapTupleHeader;
+                    tuple.t_len = (*item).lp_len();
+                    tuple.t_tableOid = pg_sys::RelationRelationId;
+                    tuple.t_self.ip_blkid.bi_hi = (blkno >> 16) as u16;
+                    tuple.t_self.ip_blkid.bi_lo = (blkno & 0xffff) as u16;
+                    tuple.t_self.ip_posid = off;
+                    if !pg_sys::HeapTupleSatisfiesVisibility(&mut tuple, snapshot, buf) {
+                        continue;
+                    }
+                    let form =
+                        &*pg_sys::heap_tuple_get_struct::<pg_sys::FormData_pg_class>(&mut tuple);
+                    if form.relisshared || form.relpersistence as u8 == pg_sys::RELPERSISTENCE_TEMP
+                    {
+                        continue;
+                    }
+                    out.push(Relation {
+                        oid: form.oid,
+                        name: CStr::from_ptr(form.relname.data.as_ptr())
+                            .to_string_lossy()
+                            .into_owned(),
+                        kind: form.relkind as u8,
+                    });
+                }
+            }
+            pg_sys::UnlockReleaseBuffer(buf);
+        }
+        pg_sys::UnregisterSnapshot(snapshot);
+        pg_sys::FreeAccessStrategy(strategy);
+    }
+    let rank = |k: u8| match k {
+        pg_sys::RELKIND_TOASTVALUE => 1,
+        pg_sys::RELKIND_INDEX | pg_sys::RELKIND_PARTITIONED_INDEX => 2,
+        _ => 0,
+    };
+    out.sort_by_key(|r| (rank(r.kind), r.oid.to_u32()));
+    out
+}

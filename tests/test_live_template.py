@@ -1,0 +1,330 @@
+"""Branching a template that is in use: the writer fence.
+
+A branch holds exactly the transactions that committed before its fence was
+complete. Readers and new connections never wait; writers wait only while
+the fence is up; a branch waits for open write transactions, and says what
+it waits for.
+"""
+
+import re
+import subprocess
+import threading
+import time
+
+import psycopg
+import pytest
+
+from conftest import PG_BIN, Cluster, as_postgres, mount
+
+
+def wait_for(predicate, timeout=30):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def waiting_on_lock(cluster, application_name):
+    return cluster.one(
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s AND wait_event_type = 'Lock'",
+        params=(application_name,)) == 1
+
+
+class Background:
+    """Run one statement on its own connection in a thread."""
+
+    def __init__(self, cluster, sql, name, dbname="postgres"):
+        self.error = None
+        self.done = threading.Event()
+
+        def run():
+            try:
+                with cluster.connect(dbname) as conn:
+                    conn.execute("SELECT set_config('application_name', %s, false)", (name,))
+                    conn.execute(sql)
+            except psycopg.Error as e:
+                self.error = e
+            finally:
+                self.done.set()
+
+        self.thread = threading.Thread(target=run)
+        self.thread.start()
+
+    def join(self):
+        self.thread.join(60)
+        assert not self.thread.is_alive()
+        if self.error:
+            raise self.error
+
+
+@pytest.fixture
+def live(branch):
+    branch.sql("DROP DATABASE IF EXISTS live")
+    branch.sql("CREATE DATABASE live")
+    branch.sql("""
+        CREATE TABLE t1 (id serial PRIMARY KEY, note text);
+        CREATE TABLE t2 (id serial PRIMARY KEY, note text);
+        INSERT INTO t1 (note) VALUES ('before');
+    """, dbname="live")
+    yield "live"
+    branch.sql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = 'live' AND pid <> pg_backend_pid()")
+    for db in [r[0] for r in branch.sql("SELECT datname FROM pg_database WHERE datname LIKE 'live%'")]:
+        branch.sql(f"DROP DATABASE {db} WITH (FORCE)")
+
+
+def notes(cluster, db, table="t1"):
+    return sorted(r[0] for r in cluster.sql(f"SELECT note FROM {table}", dbname=db))
+
+
+@pytest.mark.parametrize("ending", ["COMMIT", "ROLLBACK"])
+def test_branch_waits_for_an_open_write_transaction(branch, live, ending):
+    with branch.connect(live, autocommit=False) as writer:
+        writer.execute("INSERT INTO t1 (note) VALUES ('open')")
+        creator = Background(branch, "CREATE DATABASE live_b TEMPLATE live", "creator")
+        assert wait_for(lambda: waiting_on_lock(branch, "creator"))
+        # Readers and new connections are not held up meanwhile.
+        assert branch.one("SELECT count(*) FROM t1", dbname=live) == 1
+        assert not creator.done.is_set()
+        writer.execute(ending)
+    creator.join()
+    expected = ["before", "open"] if ending == "COMMIT" else ["before"]
+    assert notes(branch, "live_b") == expected
+    assert notes(branch, live) == expected
+
+
+def test_other_writes_proceed_while_the_branch_waits(branch, live):
+    with branch.connect(live, autocommit=False) as writer:
+        writer.execute("INSERT INTO t1 (note) VALUES ('open')")
+        creator = Background(branch, "CREATE DATABASE live_b TEMPLATE live", "creator")
+        assert wait_for(lambda: waiting_on_lock(branch, "creator"))
+        # The branch waits holding no fence lock, so writes to other
+        # tables go on (and commit before the fence is complete).
+        branch.sql("INSERT INTO t2 (note) VALUES ('while waiting')", dbname=live)
+        writer.execute("COMMIT")
+    creator.join()
+    assert notes(branch, "live_b") == ["before", "open"]
+    assert notes(branch, "live_b", "t2") == ["while waiting"]
+
+
+def test_branch_holds_exactly_the_commits_before_its_fence(branch, live):
+    """Writers commit continuously (single rows, and pairs of rows in two
+    tables in one transaction) while branches are made. With commit
+    timestamps: every transaction committed before the fence was complete
+    is in the branch, whole; none committed after it was lowered is; none
+    commits while it is up."""
+    stop = threading.Event()
+    errors = []
+
+    def single(tag):
+        try:
+            with branch.connect(live) as conn:
+                i = 0
+                while not stop.is_set():
+                    conn.execute("INSERT INTO t1 (note) VALUES (%s)", (f"{tag}-{i}",))
+                    i += 1
+        except psycopg.Error as e:
+            errors.append(e)
+
+    def pairs():
+        try:
+            with branch.connect(live, autocommit=False) as conn:
+                i = 0
+                while not stop.is_set():
+                    conn.execute("INSERT INTO t1 (note) VALUES (%s)", (f"pair-{i}",))
+                    conn.execute("INSERT INTO t2 (note) VALUES (%s)", (f"pair-{i}",))
+                    conn.commit()
+                    i += 1
+        except psycopg.Error as e:
+            errors.append(e)
+
+    workers = [threading.Thread(target=single, args=("a",)), threading.Thread(target=single, args=("b",)),
+               threading.Thread(target=pairs)]
+    for w in workers:
+        w.start()
+    fences = []
+    try:
+        for n in range(5):
+            time.sleep(0.3)
+            with branch.connect() as conn:
+                conn.execute(f"CREATE DATABASE live_b{n} TEMPLATE live")
+                fences.append(conn.execute("SELECT fence_up_at, fence_down_at FROM pgbranch.last_branch()").fetchone())
+    finally:
+        stop.set()
+        for w in workers:
+            w.join(60)
+    assert not errors
+    committed = {t: branch.sql(f"SELECT note, pg_xact_commit_timestamp(xmin) FROM {t}", dbname=live) for t in ("t1", "t2")}
+    for n, (up, down) in enumerate(fences):
+        for t, rows in committed.items():
+            in_branch = set(notes(branch, f"live_b{n}", t))
+            before = {note for note, ts in rows if ts < up}
+            after = {note for note, ts in rows if ts > down}
+            assert in_branch == before, f"live_b{n}.{t}"
+            assert not in_branch & after
+            assert len(before) + len(after) == len(rows), "a transaction committed while the fence was up"
+        pairs_t1 = {x for x in notes(branch, f"live_b{n}", "t1") if x.startswith("pair-")}
+        assert pairs_t1 == set(notes(branch, f"live_b{n}", "t2")) - {"before"}
+    assert len(committed["t1"]) > 50, "the writers kept writing"
+
+
+def test_lock_timeout_names_what_blocked_the_branch(branch, live):
+    before = branch.db_dirs()
+    with branch.connect(live, autocommit=False) as writer:
+        writer.execute("UPDATE t1 SET note = 'changing'")
+        writer_pid = writer.info.backend_pid
+        with branch.connect() as conn:
+            conn.execute("SET lock_timeout = '500ms'")
+            with pytest.raises(psycopg.errors.LockNotAvailable) as e:
+                conn.execute("CREATE DATABASE live_b TEMPLATE live")
+    d = e.value.diag
+    assert d.message_primary == "canceling statement due to lock timeout"
+    assert d.message_detail == ('CREATE DATABASE was waiting for ShareLock on relation "t1" of template '
+                                f'database "live", held by process {writer_pid}.')
+    assert "pg_stat_activity" in d.message_hint
+    assert branch.db_dirs() == before
+    assert branch.one("SELECT count(*) FROM pg_database WHERE datname = 'live_b'") == 0
+
+
+def test_sequences_advanced_by_nextval(branch, live):
+    with branch.connect(live, autocommit=False) as writer:
+        writer.execute("SELECT nextval('t2_id_seq') FROM generate_series(1, 10)")
+        creator = Background(branch, "CREATE DATABASE live_b TEMPLATE live", "creator")
+        assert wait_for(lambda: waiting_on_lock(branch, "creator"))
+        writer.execute("COMMIT")
+    creator.join()
+    assert branch.one("SELECT nextval('t2_id_seq')", dbname="live_b") == 11
+
+
+def test_two_branches_of_one_template_at_once(branch, live):
+    with branch.connect(live, autocommit=False) as writer:
+        writer.execute("INSERT INTO t1 (note) VALUES ('open')")
+        a = Background(branch, "CREATE DATABASE live_a TEMPLATE live", "creator_a")
+        b = Background(branch, "CREATE DATABASE live_b TEMPLATE live", "creator_b")
+        assert wait_for(lambda: waiting_on_lock(branch, "creator_a") and waiting_on_lock(branch, "creator_b"))
+        writer.execute("COMMIT")
+    a.join()
+    b.join()
+    assert notes(branch, "live_a") == notes(branch, "live_b") == ["before", "open"]
+
+
+def test_concurrent_ddl_on_the_template(branch, live):
+    """CREATE TABLE, ALTER TABLE and CREATE INDEX CONCURRENTLY run in a loop
+    while branches are made; every branch is a consistent catalog."""
+    stop = threading.Event()
+    errors = []
+
+    def ddl():
+        i = 0
+        try:
+            with branch.connect(live) as conn:
+                while not stop.is_set():
+                    conn.execute(f"CREATE TABLE ddl_{i} (x int)")
+                    conn.execute(f"ALTER TABLE ddl_{i} ADD COLUMN y text DEFAULT 'y'")
+                    conn.execute(f"INSERT INTO ddl_{i} SELECT g FROM generate_series(1, 100) g")
+                    conn.execute(f"CREATE INDEX CONCURRENTLY ddl_{i}_x ON ddl_{i} (x)")
+                    i += 1
+        except psycopg.Error as e:
+            errors.append(e)
+
+    worker = threading.Thread(target=ddl)
+    worker.start()
+    try:
+        for n in range(5):
+            branch.sql(f"CREATE DATABASE live_ddl{n} TEMPLATE live")
+            time.sleep(0.1)
+    finally:
+        stop.set()
+        worker.join(60)
+    assert not errors
+    for n in range(5):
+        db = f"live_ddl{n}"
+        branch.sql("CREATE EXTENSION IF NOT EXISTS amcheck", dbname=db)
+        # Each DDL statement is in the branch whole or not at all: every
+        # table it lists is readable, with all or none of its rows.
+        for (rel,) in branch.sql("SELECT relname FROM pg_class WHERE relname ~ '^ddl_[0-9]+$'", dbname=db):
+            assert branch.one(f"SELECT count(*) FROM {rel}", dbname=db) in (0, 100)
+        assert amcheck(branch, db) > 0
+
+
+def oracle(cluster, db):
+    """pgbench's TPC-B invariant, and amcheck on every btree and table."""
+    sums = cluster.sql("""SELECT (SELECT sum(abalance) FROM pgbench_accounts), (SELECT sum(tbalance) FROM pgbench_tellers),
+                                 (SELECT sum(bbalance) FROM pgbench_branches), (SELECT coalesce(sum(delta), 0) FROM pgbench_history),
+                                 (SELECT count(*) FROM pgbench_history)""", dbname=db)[0]
+    assert sums[0] == sums[1] == sums[2] == sums[3], f"{db}: {sums}"
+    assert amcheck(cluster, db) > 0
+    return sums[4]
+
+
+def amcheck(cluster, db):
+    """bt_index_check(heapallindexed) on every valid btree index and
+    verify_heapam on every table; returns how many indexes were checked."""
+    cluster.sql("CREATE EXTENSION IF NOT EXISTS amcheck", dbname=db)
+    checked = cluster.one("""SELECT count(bt_index_check(c.oid, true)) FROM pg_index i
+                               JOIN pg_class c ON c.oid = i.indexrelid
+                               JOIN pg_am am ON am.oid = c.relam
+                              WHERE am.amname = 'btree' AND i.indisvalid""", dbname=db)
+    corrupt = cluster.sql("""SELECT c.relname, v.* FROM pg_class c, verify_heapam(c.oid) v
+                              WHERE c.relkind IN ('r', 'm', 't')""", dbname=db)
+    assert corrupt == [], f"{db}: {corrupt}"
+    return checked
+
+
+def test_oracle_branches_under_pgbench_load(branch):
+    """DESIGN's consistency oracle: 20 branches of a template that pgbench
+    (TPC-B-like, 4 clients) writes to the whole time. Every branch keeps
+    the TPC-B invariant and passes amcheck; pgbench sees no failure."""
+    branch.sql("DROP DATABASE IF EXISTS oracle WITH (FORCE)")
+    branch.sql("CREATE DATABASE oracle")
+    as_postgres(PG_BIN / "pgbench", "-q", "-i", "-s", "2", "-h", branch.sock, "-p", branch.port, "-U", "postgres", "oracle")
+    load = subprocess.Popen(["sudo", "-u", "postgres", PG_BIN / "pgbench", "-c", "4", "-j", "2", "-T", "25",
+                             "-h", branch.sock, "-p", str(branch.port), "-U", "postgres", "oracle"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    fences = []
+    try:
+        time.sleep(1)
+        for n in range(20):
+            with branch.connect() as conn:
+                conn.execute(f"CREATE DATABASE oracle_b{n} TEMPLATE oracle")
+                fences.append(conn.execute("SELECT fence_ms FROM pgbranch.last_branch()").fetchone()[0])
+            assert load.poll() is None, "every branch is made while pgbench writes"
+            time.sleep(0.3)
+    finally:
+        out, _ = load.communicate(timeout=120)
+    assert load.returncode == 0, out
+    failed = re.search(r"number of failed transactions: (\d+)", out)
+    assert failed is None or failed.group(1) == "0", out
+    histories = [oracle(branch, f"oracle_b{n}") for n in range(20)]
+    assert histories == sorted(histories) and histories[-1] > histories[0], "pgbench kept writing"
+    assert all(f > 0 for f in fences)
+    oracle(branch, "oracle")
+    for n in range(20):
+        branch.sql(f"DROP DATABASE oracle_b{n}")
+    branch.sql("DROP DATABASE oracle WITH (FORCE)")
+
+
+def test_thousands_of_relations_and_a_small_lock_table(branch):
+    """A template with 1500 tables (3000 relations) exceeds a lock table of
+    max_locks_per_transaction = 10: the error says which setting to raise,
+    and after raising it the branch is made."""
+    c = Cluster(mount("PG_BRANCH_TEST_BTRFS") / "pytest-locks", 5496,
+                extra_conf="max_locks_per_transaction = 10\nmax_connections = 20").init().start()
+    try:
+        c.sql("CREATE DATABASE many")
+        with c.connect("many") as conn:
+            for j in range(1500):
+                conn.execute(f"CREATE TABLE t{j} (id int PRIMARY KEY)")
+        with pytest.raises(psycopg.errors.OutOfMemory) as e:
+            c.sql("CREATE DATABASE many_b TEMPLATE many")
+        assert "max_locks_per_transaction" in e.value.diag.message_hint
+        assert c.one("SELECT count(*) FROM pg_database WHERE datname = 'many_b'") == 0
+        with open(c.data / "postgresql.conf", "a") as f:
+            f.write("max_locks_per_transaction = 128\n")
+        c.stop()
+        c.start()
+        c.sql("CREATE DATABASE many_b TEMPLATE many")
+        assert c.one("SELECT count(*) FROM pg_class WHERE relname ~ '^t[0-9]+$'", dbname="many_b") == 1500
+    finally:
+        c.stop(check=False)
