@@ -10,7 +10,7 @@ use crate::fence::Fence;
 use crate::ffi;
 use crate::options::CreatedbOptions;
 use crate::wal;
-use pg_branch_storage::{clone_dir, probe, Method, Unsupported};
+use pg_branch_storage::{clone_dir, presync, probe, Method, Unsupported};
 use pgrx::pg_sys::{self, Oid};
 use pgrx::prelude::*;
 use std::ffi::{CStr, CString};
@@ -224,10 +224,26 @@ pub unsafe fn createdb(pstate: *mut pg_sys::ParseState, stmt: *const pg_sys::Cre
         ..Default::default()
     };
     cleanup::guarded(dboid, || {
+        // Before the fence: write the template's dirty buffers to the
+        // kernel and the kernel's dirty pages to disk, so that behind the
+        // fence the flush and the clone only handle what changed since.
+        pg_sys::FlushDatabaseBuffers(template.oid);
+        for step in &steps {
+            if let Err(e) = presync(&step.src) {
+                error(
+                    file_error_code(&e),
+                    format!(
+                        "could not sync \"{}\" before branching it: {e}",
+                        step.src.display()
+                    ),
+                );
+            }
+        }
+
         // 5. Fence the template's writers (fence.rs). Everything before
-        // this point (validation, catalog row) and everything after step 9
-        // (the checkpoint) runs while writers carry on; only the flush,
-        // the clone and the WAL record run behind the fence.
+        // this point (validation, catalog row, the pre-flush) and everything
+        // after step 9 (the checkpoint) runs while writers carry on; only
+        // the flush, the clone and the WAL record run behind the fence.
         let fence = Fence::raise(template.oid, template.tablespace, &template_name);
         stats.fence_wait_ms = ms(fence.waited);
         stats.fence_up_at = fence.up_at;
@@ -626,15 +642,27 @@ unsafe fn choose_oid(rel: pg_sys::Relation, requested: Oid) -> Oid {
     requested
 }
 
-/// Report a failed clone with the errno's SQLSTATE, as core's
-/// `errcode_for_file_access()` would classify it.
+/// Report a failed clone.
 fn clone_error(
     src: &std::path::Path,
     dst: &std::path::Path,
     method: Method,
     e: std::io::Error,
 ) -> ! {
-    let code = match e.raw_os_error() {
+    error(
+        file_error_code(&e),
+        format!(
+            "could not {method} directory \"{}\" to \"{}\": {e}",
+            src.display(),
+            dst.display()
+        ),
+    )
+}
+
+/// The SQLSTATE of a failed file operation, as core's
+/// `errcode_for_file_access()` classifies errno.
+fn file_error_code(e: &std::io::Error) -> PgSqlErrorCode {
+    match e.raw_os_error() {
         Some(libc::ENOSPC) => PgSqlErrorCode::ERRCODE_DISK_FULL,
         Some(libc::EACCES) | Some(libc::EPERM) | Some(libc::EROFS) => {
             PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE
@@ -643,13 +671,5 @@ fn clone_error(
         Some(libc::EEXIST) => PgSqlErrorCode::ERRCODE_DUPLICATE_FILE,
         Some(libc::EMFILE) | Some(libc::ENFILE) => PgSqlErrorCode::ERRCODE_INSUFFICIENT_RESOURCES,
         _ => PgSqlErrorCode::ERRCODE_IO_ERROR,
-    };
-    error(
-        code,
-        format!(
-            "could not {method} directory \"{}\" to \"{}\": {e}",
-            src.display(),
-            dst.display()
-        ),
-    )
+    }
 }

@@ -185,6 +185,26 @@ pub fn clone_dir(src: &Path, dst: &Path, method: Method) -> io::Result<Cloned> {
     })
 }
 
+/// Write the dirty data of the filesystem holding `dir` to disk
+/// (`syncfs(2)`), and wait for it.
+///
+/// A snapshot must first write out the source's dirty pages and commit a
+/// btrfs transaction, and a reflink must write out the file it clones;
+/// whoever waits for the clone waits for that too. Doing it first, while
+/// nobody waits, leaves the clone only what was written since: under a
+/// pgbench load this cut the time writers were paused from about 90 ms to
+/// about 15 ms per branch (`bench/run.sh live-template`), where syncing
+/// only the template's files (`fdatasync` each) left it at about 75 ms,
+/// because the transaction commit was the larger part.
+pub fn presync(dir: &Path) -> io::Result<()> {
+    let d = File::open(dir)?;
+    // SAFETY: `d` is an open descriptor for the duration of the call.
+    if unsafe { libc::syncfs(std::os::unix::io::AsRawFd::as_raw_fd(&d)) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Remove a directory made by [`clone_dir`] (a subvolume or a plain
 /// directory), and make the removal durable. A missing directory is not an
 /// error: cleanup must be idempotent.

@@ -1,0 +1,101 @@
+"""Branching a template while pgbench writes to it.
+
+Two pgbench runs of the same length on the template, 4 clients each: one
+alone, one while a loop makes BRANCHES branches of the template. Prints the
+writer pause per branch (the fence: from "every writer has finished" to
+"the clone and its WAL record exist"), how long each branch waited for
+writers, total CREATE DATABASE time, and pgbench's TPS and maximum latency
+in both runs.
+"""
+
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from conftest import PG_BIN, Cluster  # noqa: E402
+
+SCALE = int(os.environ.get("SCALE", "20"))
+SECONDS = int(os.environ.get("SECONDS_PER_RUN", "40"))
+BRANCHES = int(os.environ.get("BRANCHES", "100"))
+
+
+def pct(values, p):
+    values = sorted(values)
+    return values[min(len(values) - 1, int(round(p / 100 * (len(values) - 1))))]
+
+
+def pgbench(cluster, seconds, logdir):
+    """Run pgbench on `tpl`; return (tps, max latency ms, failed)."""
+    out = subprocess.run(
+        ["sudo", "-u", "postgres", PG_BIN / "pgbench", "-c", "4", "-j", "2", "-T", str(seconds), "-l",
+         "--log-prefix", f"{logdir}/tx", "-h", cluster.sock, "-p", str(cluster.port), "-U", "postgres", "tpl"],
+        capture_output=True, text=True, check=True).stdout
+    tps = float(re.search(r"tps = ([\d.]+)", out).group(1))
+    failed = re.search(r"number of failed transactions: (\d+)", out)
+    latencies = []
+    for log in Path(logdir).glob("tx*"):
+        for line in log.read_text().splitlines():
+            latencies.append(int(line.split()[2]) / 1000.0)  # microseconds -> ms
+        log.unlink()
+    return tps, max(latencies), int(failed.group(1)) if failed else 0
+
+
+def main():
+    root = Path(os.environ["PG_BRANCH_BENCH_DIR"])
+    c = Cluster(root, 5450, extra_conf="shared_buffers = 1GB\nmax_wal_size = 4GB\n")
+    c.init().start()
+    try:
+        c.sql("CREATE EXTENSION pg_branch")
+        c.sql("CREATE DATABASE tpl")
+        subprocess.run(["sudo", "-u", "postgres", PG_BIN / "pgbench", "-q", "-i", "-s", str(SCALE),
+                        "-h", c.sock, "-p", str(c.port), "-U", "postgres", "tpl"], check=True, capture_output=True)
+        size = c.one("SELECT pg_size_pretty(pg_database_size('tpl'))")
+        logdir = tempfile.mkdtemp(dir=root)
+        os.chown(logdir, *(lambda s: (s.st_uid, s.st_gid))(os.stat(c.data)))
+
+        c.sql("CHECKPOINT")
+        alone = pgbench(c, SECONDS, logdir)
+
+        c.sql("CHECKPOINT")
+        stats = []
+        result = {}
+        load = threading.Thread(target=lambda: result.setdefault("run", pgbench(c, SECONDS, logdir)))
+        load.start()
+        time.sleep(2)
+        spacing = max(0.0, (SECONDS - 6) / BRANCHES)
+        with c.connect() as conn:
+            for n in range(BRANCHES):
+                if not load.is_alive():
+                    break
+                conn.execute(f"CREATE DATABASE b{n} TEMPLATE tpl")
+                stats.append(conn.execute(
+                    "SELECT fence_ms, fence_wait_ms, clone_ms, checkpoint_ms, total_ms FROM pgbranch.last_branch()").fetchone())
+                time.sleep(spacing)
+        load.join()
+        with_branches = result["run"]
+
+        fence, wait, clone, ckpt, total = (list(x) for x in zip(*stats))
+        print(f"\npg_branch live-template benchmark: template tpl ({size}, pgbench scale {SCALE}), "
+              f"pgbench -c 4 -j 2 -T {SECONDS} on the template\n")
+        print(f"{len(stats)} branches made while pgbench wrote to their template\n")
+        print(f"  {'per branch (ms)':28} {'p50':>9} {'p99':>9} {'max':>9}")
+        for name, v in [("writers paused (fence)", fence), ("waiting for writers", wait), ("clone", clone),
+                        ("checkpoint after branch", ckpt), ("CREATE DATABASE total", total)]:
+            print(f"  {name:28} {pct(v, 50):9.2f} {pct(v, 99):9.2f} {max(v):9.2f}")
+        print(f"\n  {'pgbench on the template':28} {'TPS':>9} {'max latency ms':>15} {'failed':>7}")
+        print(f"  {'alone':28} {alone[0]:9.0f} {alone[1]:15.1f} {alone[2]:7d}")
+        print(f"  {'while branching':28} {with_branches[0]:9.0f} {with_branches[1]:15.1f} {with_branches[2]:7d}")
+        print(f"\n  TPS while branching: {100 * with_branches[0] / alone[0]:.1f} % of TPS alone")
+    finally:
+        c.stop(check=False)
+
+
+if __name__ == "__main__":
+    main()
