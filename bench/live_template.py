@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from conftest import PG_BIN, Cluster  # noqa: E402
 
 SCALE = int(os.environ.get("SCALE", "20"))
-SECONDS = int(os.environ.get("SECONDS_PER_RUN", "40"))
+SECONDS = int(os.environ.get("SECONDS_PER_RUN", "60"))
 BRANCHES = int(os.environ.get("BRANCHES", "100"))
 
 
@@ -69,24 +69,28 @@ def main():
         load = threading.Thread(target=lambda: result.setdefault("run", pgbench(c, SECONDS, logdir)))
         load.start()
         time.sleep(2)
-        spacing = max(0.0, (SECONDS - 6) / BRANCHES)
+        # Spread the branches evenly over the run, leaving 4 s at the end.
+        interval = (SECONDS - 6) / BRANCHES
+        start = time.time()
         with c.connect() as conn:
             for n in range(BRANCHES):
                 if not load.is_alive():
                     break
                 conn.execute(f"CREATE DATABASE b{n} TEMPLATE tpl")
                 stats.append(conn.execute(
-                    "SELECT fence_ms, fence_wait_ms, clone_ms, checkpoint_ms, total_ms FROM pgbranch.last_branch()").fetchone())
-                time.sleep(spacing)
+                    "SELECT fence_ms, fence_wait_ms, sync_ms, clone_ms, checkpoint_ms, total_ms "
+                    "FROM pgbranch.last_branch()").fetchone())
+                time.sleep(max(0.0, start + (n + 1) * interval - time.time()))
         load.join()
         with_branches = result["run"]
 
-        fence, wait, clone, ckpt, total = (list(x) for x in zip(*stats))
+        fence, wait, sync, clone, ckpt, total = (list(x) for x in zip(*stats))
         print(f"\npg_branch live-template benchmark: template tpl ({size}, pgbench scale {SCALE}), "
               f"pgbench -c 4 -j 2 -T {SECONDS} on the template\n")
         print(f"{len(stats)} branches made while pgbench wrote to their template\n")
         print(f"  {'per branch (ms)':28} {'p50':>9} {'p99':>9} {'max':>9}")
-        for name, v in [("writers paused (fence)", fence), ("waiting for writers", wait), ("clone", clone),
+        for name, v in [("writers paused (fence)", fence), ("waiting for writers", wait),
+                        ("sync before the fence", sync), ("clone", clone),
                         ("checkpoint after branch", ckpt), ("CREATE DATABASE total", total)]:
             print(f"  {name:28} {pct(v, 50):9.2f} {pct(v, 99):9.2f} {max(v):9.2f}")
         print(f"\n  {'pgbench on the template':28} {'TPS':>9} {'max latency ms':>15} {'failed':>7}")

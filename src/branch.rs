@@ -227,6 +227,7 @@ pub unsafe fn createdb(pstate: *mut pg_sys::ParseState, stmt: *const pg_sys::Cre
         // Before the fence: write the template's dirty buffers to the
         // kernel and the kernel's dirty pages to disk, so that behind the
         // fence the flush and the clone only handle what changed since.
+        let sync_started = Instant::now();
         pg_sys::FlushDatabaseBuffers(template.oid);
         for step in &steps {
             if let Err(e) = presync(&step.src) {
@@ -239,6 +240,8 @@ pub unsafe fn createdb(pstate: *mut pg_sys::ParseState, stmt: *const pg_sys::Cre
                 );
             }
         }
+
+        stats.sync_ms = ms(sync_started.elapsed());
 
         // 5. Fence the template's writers (fence.rs). Everything before
         // this point (validation, catalog row, the pre-flush) and everything
@@ -328,6 +331,8 @@ pub struct BranchStats {
     pub method: String,
     /// Relations of the template under the fence.
     pub relations: i64,
+    /// Writing the template's dirty data out before the fence.
+    pub sync_ms: f64,
     /// Waiting for the template's writers to finish (raising the fence).
     pub fence_wait_ms: f64,
     /// Writers of the template paused: fence complete to fence lowered.
