@@ -31,6 +31,8 @@ mount_image() {
 }
 
 mount_btrfs() { mount_image btrfs "${1:-40G}" mkfs.btrfs -q; }
+# A second btrfs filesystem, for standbys: a standby shares no blocks with its primary.
+mount_btrfs2() { mount_image btrfs2 20G mkfs.btrfs -q; }
 mount_xfs() { mount_image xfs 4G mkfs.xfs -q -m reflink=1; }
 mount_ext4() { mount_image ext4 2G mkfs.ext4 -q; }
 

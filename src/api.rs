@@ -2,6 +2,8 @@
 
 use crate::branch;
 use crate::catalog;
+use crate::cleanup;
+use crate::error;
 use crate::ffi;
 use pg_branch_storage::{fs_name, is_subvolume};
 use pgrx::prelude::*;
@@ -47,12 +49,6 @@ fn database_storage() -> TableIterator<
         })
         .unwrap_or_default()
     });
-    let spcname = |ts: pg_sys::Oid| {
-        // SAFETY: returns a palloc'd name or NULL for a dropped tablespace.
-        unsafe { ffi::cstring(pg_sys::get_tablespace_name(ts)) }
-            .map(|c| c.to_string_lossy().into_owned())
-            .unwrap_or_else(|| ts.to_u32().to_string())
-    };
     let mut out = Vec::new();
     for (db, name, default_ts) in dbs {
         let plan = branch::plan(db, default_ts, default_ts);
@@ -124,12 +120,100 @@ fn last_branch() -> TableIterator<
     }))
 }
 
+/// Database directories that no database owns: left by a server crash
+/// between a branch's clone and its commit (or by core's own CREATE
+/// DATABASE in the same window). A database being created or dropped right
+/// now is never listed.
+#[pg_extern(volatile)]
+fn orphans() -> TableIterator<
+    'static,
+    (
+        name!(tablespace, String),
+        name!(path, String),
+        name!(bytes, i64),
+        name!(modified, Option<TimestampWithTimeZone>),
+    ),
+> {
+    TableIterator::new(cleanup::orphans().into_iter().map(|o| {
+        (
+            spcname(o.tablespace),
+            o.path.display().to_string(),
+            dir_bytes(&o.path),
+            modified(&o.path),
+        )
+    }))
+}
+
+/// Remove every orphan directory (see `orphans()`), WAL-logged so that
+/// standbys remove theirs. Returns what was removed. Superuser only.
+#[pg_extern(volatile)]
+fn remove_orphans() -> TableIterator<
+    'static,
+    (
+        name!(tablespace, String),
+        name!(path, String),
+        name!(bytes, i64),
+    ),
+> {
+    // SAFETY: reads the current user's superuser flag.
+    if !unsafe { pg_sys::superuser() } {
+        error::error(
+            PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+            "must be superuser to remove orphaned database directories",
+        );
+    }
+    let mut removed = Vec::new();
+    for o in cleanup::orphans() {
+        let bytes = dir_bytes(&o.path);
+        if let Err(e) = cleanup::remove_orphan(&o) {
+            error::error(
+                PgSqlErrorCode::ERRCODE_IO_ERROR,
+                format!("could not remove directory \"{}\": {e}", o.path.display()),
+            );
+        }
+        removed.push((spcname(o.tablespace), o.path.display().to_string(), bytes));
+    }
+    TableIterator::new(removed)
+}
+
+fn dir_bytes(dir: &std::path::Path) -> i64 {
+    std::fs::read_dir(dir)
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| e.metadata().ok())
+                .map(|m| m.len() as i64)
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+fn modified(path: &std::path::Path) -> Option<TimestampWithTimeZone> {
+    let since_unix = std::fs::metadata(path)
+        .ok()?
+        .modified()
+        .ok()?
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()?;
+    // PostgreSQL counts microseconds from 2000-01-01.
+    let pg_epoch = 946_684_800_i64 * 1_000_000;
+    TimestampWithTimeZone::try_from(since_unix.as_micros() as i64 - pg_epoch).ok()
+}
+
+fn spcname(ts: pg_sys::Oid) -> String {
+    // SAFETY: returns a palloc'd name or NULL for a dropped tablespace.
+    unsafe { ffi::cstring(pg_sys::get_tablespace_name(ts)) }
+        .map(|c| c.to_string_lossy().into_owned())
+        .unwrap_or_else(|| ts.to_u32().to_string())
+}
+
 extension_sql!(
     r#"
 REVOKE ALL ON FUNCTION database_storage() FROM PUBLIC;
+REVOKE ALL ON FUNCTION orphans() FROM PUBLIC;
+REVOKE ALL ON FUNCTION remove_orphans() FROM PUBLIC;
 COMMENT ON FUNCTION database_storage() IS
   'Where each database directory lives and how pg_branch would branch it';
 "#,
     name = "revoke_database_storage",
-    requires = [database_storage]
+    requires = [database_storage, orphans, remove_orphans]
 );

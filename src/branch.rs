@@ -263,17 +263,19 @@ pub unsafe fn createdb(pstate: *mut pg_sys::ParseState, stmt: *const pg_sys::Cre
         // 7. Clone each directory, and 8. log each one as core's FILE_COPY
         // does, so crash recovery and standbys can rebuild it.
         let clone_started = Instant::now();
+        let mut last_lsn = 0;
         for step in &steps {
             let dst = ffi::database_path(dboid, step.dst_tablespace);
             cleanup::created(step.dst_tablespace, dst.clone());
             if let Err(e) = clone_dir(&step.src, &dst, step.method) {
                 clone_error(&step.src, &dst, step.method, e);
             }
-            wal::log_create(
+            last_lsn = wal::log_create(
                 dboid,
                 step.dst_tablespace,
                 template.oid,
                 step.src_tablespace,
+                step.method,
             );
             cleanup::logged(step.dst_tablespace);
         }
@@ -292,15 +294,22 @@ pub unsafe fn createdb(pstate: *mut pg_sys::ParseState, stmt: *const pg_sys::Cre
         stats.fence_ms = ms(up);
         stats.fence_down_at = down_at;
 
-        // 10. Full-page-image rule, the way core's FILE_COPY keeps it: a
-        // checkpoint after the copy and before commit, so ordinary crash
-        // recovery never replays the records above (replay would re-copy
-        // the template as it is then, not as it was), and the first change
-        // to every page of the branch is logged with a full-page image.
+        // 10. Full-page-image rule: before the branch can be used (that
+        // is, before we commit), a checkpoint must have started after its
+        // records, so that the first change to each of its pages carries a
+        // full-page image. With our own record it is enough to wait for
+        // the checkpoint to start (wal.rs explains why crash recovery is
+        // then safe). With core's record, redo would re-copy the template
+        // as it is after a crash, so we wait for the whole checkpoint, as
+        // core's FILE_COPY does: crash recovery then never replays it.
         let checkpoint_started = Instant::now();
-        ffi::request_checkpoint(
-            ffi::CHECKPOINT_IMMEDIATE | ffi::CHECKPOINT_FORCE | ffi::CHECKPOINT_WAIT,
-        );
+        if wal::core_record() {
+            ffi::request_checkpoint(
+                ffi::CHECKPOINT_IMMEDIATE | ffi::CHECKPOINT_FORCE | ffi::CHECKPOINT_WAIT,
+            );
+        } else {
+            wal::wait_for_checkpoint_start(last_lsn);
+        }
         stats.checkpoint_ms = ms(checkpoint_started.elapsed());
 
         pg_sys::table_close(rel, pg_sys::NoLock as _);

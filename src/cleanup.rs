@@ -9,9 +9,10 @@
 //!
 //! As core admits for `createdb()`, this is not a 100% solution: a crash
 //! of the whole server between the clone and the commit leaves a directory
-//! that no `pg_database` row owns. Those orphans are for the orphan-listing
-//! function of the durability work to find.
+//! that no `pg_database` row owns. [`orphans`] finds those, and
+//! [`remove_orphan`] removes one.
 
+use crate::catalog;
 use crate::error::Report;
 use crate::wal;
 use pg_branch_storage::remove_dir;
@@ -113,4 +114,53 @@ fn remove_created() {
     if !logged.is_empty() {
         wal::log_drop(db, &logged);
     }
+}
+
+/// A database directory that no database owns.
+pub struct Orphan {
+    pub tablespace: Oid,
+    pub oid: Oid,
+    pub path: PathBuf,
+}
+
+/// Every `<tablespace>/<oid>` directory whose OID belongs to no database,
+/// committed or being created or dropped right now. The directories are
+/// listed before the catalog is read: a CREATE DATABASE inserts its row
+/// before it makes its directory, so any directory we list whose creator
+/// is still running has a row the catalog read sees.
+pub fn orphans() -> Vec<Orphan> {
+    let mut found = Vec::new();
+    for tablespace in catalog::tablespaces() {
+        let dir = catalog::tablespace_dir(tablespace);
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let Some(oid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            if entry.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                found.push(Orphan {
+                    tablespace,
+                    oid: Oid::from(oid),
+                    path: entry.path(),
+                });
+            }
+        }
+    }
+    let in_use = catalog::database_oids_in_use();
+    found.retain(|o| !in_use.contains(&o.oid));
+    found
+}
+
+/// Remove an orphan directory and log its removal, so standbys that
+/// replayed its creation drop their copy too.
+pub fn remove_orphan(o: &Orphan) -> std::io::Result<()> {
+    remove_dir(&o.path)?;
+    wal::log_drop(o.oid, &[o.tablespace]);
+    Ok(())
 }

@@ -27,6 +27,8 @@ mod raw {
             collprovider: c_char,
             collcollate: *const c_char,
         ) -> *mut c_char;
+        // storage/copydir.h
+        pub fn copydir(fromdir: *mut c_char, todir: *mut c_char, recurse: bool);
         // utils/relmapper.h
         pub fn RelationMapOidToFilenodeForDatabase(
             dbpath: *mut c_char,
@@ -86,6 +88,34 @@ pub fn collation_actual_version(provider: c_char, locale: &CStr) -> Option<CStri
 /// `dbpath` must be a NUL-terminated path of an existing database directory.
 pub unsafe fn relation_map_filenode(dbpath: *mut c_char, rel: pg_sys::Oid) -> pg_sys::Oid {
     raw::RelationMapOidToFilenodeForDatabase(dbpath, rel)
+}
+
+/// Core's `copydir(src, dst, false)`: a plain copy of a database
+/// directory, as FILE_COPY makes and replays it.
+pub fn copydir(src: &std::path::Path, dst: &std::path::Path) {
+    let c = |p: &std::path::Path| {
+        CString::new(p.as_os_str().as_encoded_bytes()).expect("path without NUL")
+    };
+    let (s, d) = (c(src), c(dst));
+    // SAFETY: NUL-terminated paths that outlive the call; copydir raises
+    // ERROR on failure, which unwinds (pg_guard).
+    unsafe { raw::copydir(s.as_ptr() as *mut c_char, d.as_ptr() as *mut c_char, false) }
+}
+
+mod recovery {
+    // access/xlogrecovery.c: set in the startup process for the whole of
+    // archive recovery (PITR, standby), false in crash recovery. Exported
+    // by the server, though no header declares it.
+    unsafe extern "C" {
+        pub static InArchiveRecovery: bool;
+    }
+}
+
+/// Whether this process is replaying WAL in archive recovery (a standby or
+/// point-in-time recovery) rather than crash recovery.
+pub fn in_archive_recovery() -> bool {
+    // SAFETY: a plain bool the startup process sets before replay starts.
+    unsafe { recovery::InArchiveRecovery }
 }
 
 /// Copy a possibly-NULL C string owned by the server.

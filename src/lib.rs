@@ -35,5 +35,6 @@ pub extern "C-unwind" fn _PG_init() {
         .error();
     }
     gucs::init();
+    wal::register();
     hook::install();
 }

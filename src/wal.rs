@@ -1,55 +1,165 @@
-//! WAL records for a branch.
+//! WAL records for a branch: pg_branch's own resource manager, or core's
+//! FILE_COPY record (`pg_branch.wal_record`).
 //!
-//! Version 0.1 logs a branch exactly as core's FILE_COPY strategy logs a
-//! copy: one `XLOG_DBASE_CREATE_FILE_COPY` record per tablespace directory,
-//! which every standby and every crash recovery replays with core's own
-//! `dbase_redo()` (a plain copy of the source directory), and an immediate
-//! checkpoint before commit so ordinary crash recovery never needs to
-//! replay it (see `branch.rs`). A custom resource manager that re-clones on
-//! replay is the next step (DESIGN.md step 8).
+//! One record per tablespace directory of the branch, written while the
+//! writer fence is up, after the clone is complete and durable:
+//!
+//! - `pg_branch` (default): a custom resource manager (see
+//!   <https://wiki.postgresql.org/wiki/CustomWALResourceManagers>). Its redo
+//!   clones again with the best method of the host that replays it
+//!   (snapshot, reflink, or core's plain `copydir()` as the last resort), so
+//!   a standby on btrfs gets a copy-on-write branch too. Standbys and any
+//!   server that replays this WAL must preload pg_branch.
+//! - `core`: core's `XLOG_DBASE_CREATE_FILE_COPY`, which any PostgreSQL
+//!   replays as a plain copy of the template directory.
+//!
+//! Crash recovery. The branch's directory is durable before its record is
+//! written, and nobody can change the branch before its transaction
+//! commits, which happens only after a checkpoint has started after the
+//! record (the full-page-image rule, see `branch.rs`). So when crash
+//! recovery (not archive recovery) replays our record and finds the
+//! directory, that directory *is* the branch as it was made: redo keeps it,
+//! and the branch's later WAL (full-page images first) brings it up to
+//! date. Re-cloning instead would copy the template as it is on disk after
+//! the crash, which may already hold changes made after the branch. Core's
+//! record has no such rule in its redo, which is why the `core` setting
+//! still waits for a whole checkpoint before commit, as core's FILE_COPY
+//! does. In archive recovery (PITR, standbys) the directory, if a base
+//! backup holds one, may be a partial copy, so redo removes it and clones
+//! the template as replay has rebuilt it, as core does.
 
-use pgrx::pg_sys;
-use pgrx::pg_sys::Oid;
+use crate::ffi;
+use crate::gucs;
+use pg_branch_storage::{clone_dir, probe, remove_dir, Method};
+use pgrx::pg_sys::{self, Oid};
+use pgrx::prelude::*;
+use std::ffi::{c_char, CString};
+use std::time::Duration;
+
+/// While developing, the ID reserved for experiments; a released version
+/// must reserve its own on the wiki page above (two extensions using 128
+/// in one cluster cannot both load).
+pub const RMGR_ID: pg_sys::RmgrId = 128;
+const XLOG_BRANCH_CREATE: u8 = 0x00;
 
 /// commands/dbcommands_xlog.h
 const XLOG_DBASE_CREATE_FILE_COPY: u8 = 0x00;
 const XLOG_DBASE_DROP: u8 = 0x20;
 
-/// `xl_dbase_create_file_copy_rec`
+/// Our record: the branch directory `<tablespace_id>/<db_id>` is a clone of
+/// `<src_tablespace_id>/<src_db_id>`, made by `method` on the primary.
+/// Same first four fields as core's `xl_dbase_create_file_copy_rec`.
 #[repr(C)]
-struct CreateFileCopyRecord {
+#[derive(Clone, Copy)]
+struct BranchRecord {
     db_id: Oid,
     tablespace_id: Oid,
     src_db_id: Oid,
     src_tablespace_id: Oid,
+    method: u8,
 }
 
-/// Log that directory `<dst_ts>/<dst_db>` is a copy of `<src_ts>/<src_db>`.
-pub fn log_create(dst_db: Oid, dst_ts: Oid, src_db: Oid, src_ts: Oid) {
-    let mut rec = CreateFileCopyRecord {
+impl BranchRecord {
+    fn method(&self) -> &'static str {
+        match self.method {
+            0 => "snapshot",
+            _ => "reflink",
+        }
+    }
+}
+
+static mut RMGR: pg_sys::RmgrData = pg_sys::RmgrData {
+    rm_name: c"pg_branch".as_ptr(),
+    rm_redo: Some(redo),
+    rm_desc: Some(desc),
+    rm_identify: Some(identify),
+    rm_startup: None,
+    rm_cleanup: None,
+    rm_mask: None,
+    rm_decode: None,
+};
+
+/// Register the resource manager. Only possible while the postmaster loads
+/// preload libraries, which `_PG_init` has checked.
+pub fn register() {
+    // SAFETY: called once from _PG_init in the postmaster; RMGR is a static
+    // that the server keeps a copy of.
+    unsafe { pg_sys::RegisterCustomRmgr(RMGR_ID, std::ptr::addr_of_mut!(RMGR)) };
+}
+
+/// Which record `log_create` writes.
+pub fn core_record() -> bool {
+    gucs::WAL_RECORD.get() == gucs::WalRecord::Core
+}
+
+/// Log that `<dst_ts>/<dst_db>` was cloned from `<src_ts>/<src_db>` by
+/// `method`; returns the end of the record.
+pub fn log_create(
+    dst_db: Oid,
+    dst_ts: Oid,
+    src_db: Oid,
+    src_ts: Oid,
+    method: Method,
+) -> pg_sys::XLogRecPtr {
+    let mut rec = BranchRecord {
         db_id: dst_db,
         tablespace_id: dst_ts,
         src_db_id: src_db,
         src_tablespace_id: src_ts,
+        method: (method == Method::Reflink) as u8,
+    };
+    let (rmid, info, len) = if core_record() {
+        // Only the four OIDs: exactly xl_dbase_create_file_copy_rec.
+        (
+            pg_sys::RmgrIds::RM_DBASE_ID as pg_sys::RmgrId,
+            XLOG_DBASE_CREATE_FILE_COPY,
+            16,
+        )
+    } else {
+        (
+            RMGR_ID,
+            XLOG_BRANCH_CREATE,
+            std::mem::size_of::<BranchRecord>(),
+        )
     };
     // SAFETY: `rec` outlives XLogInsert, which copies the registered data.
     // XLR_SPECIAL_REL_UPDATE: the record changes relation files that no
-    // block reference names (tools such as pg_rewind look for this flag).
+    // block reference names (pg_rewind looks for this flag).
     unsafe {
         pg_sys::XLogBeginInsert();
-        pg_sys::XLogRegisterData(
-            (&mut rec as *mut CreateFileCopyRecord).cast(),
-            std::mem::size_of::<CreateFileCopyRecord>() as _,
-        );
-        pg_sys::XLogInsert(
-            pg_sys::RmgrIds::RM_DBASE_ID as _,
-            XLOG_DBASE_CREATE_FILE_COPY | pg_sys::XLR_SPECIAL_REL_UPDATE as u8,
-        );
+        pg_sys::XLogRegisterData((&mut rec as *mut BranchRecord).cast(), len as _);
+        pg_sys::XLogInsert(rmid, info | pg_sys::XLR_SPECIAL_REL_UPDATE as u8)
     }
 }
 
-/// Log the removal of `<ts>/<db>` for each of `tablespaces`, so a standby
-/// that replayed [`log_create`] for a branch that then failed removes its
+/// The full-page-image rule without a whole checkpoint: ask for an
+/// immediate checkpoint and wait only until it has *started* after `lsn`,
+/// that is, until the redo pointer has passed it. From then on the first
+/// change to any page of the branch is logged with a full-page image, which
+/// protects the branch against torn pages and lets a standby whose clone
+/// differs physically from ours (hint bits) converge; and crash recovery
+/// keeps the branch's directory instead of re-cloning it (module comment).
+/// A checkpoint already in progress is hurried by the immediate request.
+pub fn wait_for_checkpoint_start(lsn: pg_sys::XLogRecPtr) {
+    ffi::request_checkpoint(ffi::CHECKPOINT_IMMEDIATE | ffi::CHECKPOINT_FORCE);
+    // SAFETY: GetRedoRecPtr reads shared memory under its spinlock; the
+    // latch calls are the standard wait loop of a backend.
+    unsafe {
+        while pg_sys::GetRedoRecPtr() < lsn {
+            pg_sys::WaitLatch(
+                pg_sys::MyLatch,
+                (pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH) as _,
+                Duration::from_millis(2).as_millis() as _,
+                pg_sys::PG_WAIT_EXTENSION,
+            );
+            pg_sys::ResetLatch(pg_sys::MyLatch);
+            check_for_interrupts!();
+        }
+    }
+}
+
+/// Log the removal of `<ts>/<db>` for each of `tablespaces` with core's
+/// DROP record, so a standby that replayed a branch's creation removes its
 /// copy too (as core's `remove_dbtablespaces()` does).
 pub fn log_drop(db: Oid, tablespaces: &[Oid]) {
     // xl_dbase_drop_rec: Oid db_id; int ntablespaces; Oid tablespace_ids[].
@@ -66,5 +176,123 @@ pub fn log_drop(db: Oid, tablespaces: &[Oid]) {
             pg_sys::RmgrIds::RM_DBASE_ID as _,
             XLOG_DBASE_DROP | pg_sys::XLR_SPECIAL_REL_UPDATE as u8,
         );
+    }
+}
+
+/// The record's info bits and payload.
+///
+/// # Safety
+/// `record` must be the reader state the server passes to rm_* callbacks.
+unsafe fn decode(record: *mut pg_sys::XLogReaderState) -> (u8, Option<BranchRecord>) {
+    let decoded = (*record).record;
+    let info = (*decoded).header.xl_info & !(pg_sys::XLR_INFO_MASK as u8);
+    let data = (*decoded).main_data;
+    let rec = ((*decoded).main_data_len as usize >= std::mem::size_of::<BranchRecord>())
+        .then(|| std::ptr::read_unaligned(data as *const BranchRecord));
+    (info, rec)
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn redo(record: *mut pg_sys::XLogReaderState) {
+    let (info, rec) = decode(record);
+    let Some(rec) = rec.filter(|_| info == XLOG_BRANCH_CREATE) else {
+        pgrx::ereport!(
+            PANIC,
+            PgSqlErrorCode::ERRCODE_DATA_CORRUPTED,
+            format!("pg_branch redo: unknown op code {info}")
+        );
+    };
+    // Whatever the template's buffers hold up to this point must be on
+    // disk before we clone its files, as in core's dbase_redo().
+    pg_sys::FlushDatabaseBuffers(rec.src_db_id);
+
+    let src = ffi::database_path(rec.src_db_id, rec.src_tablespace_id);
+    let dst = ffi::database_path(rec.db_id, rec.tablespace_id);
+    let crash_recovery = !ffi::in_archive_recovery();
+    if dst.exists() {
+        if crash_recovery {
+            log(format!(
+                "pg_branch redo: kept \"{}\", the branch made before the crash",
+                dst.display()
+            ));
+            return;
+        }
+        if let Err(e) = remove_dir(&dst) {
+            pgrx::ereport!(
+                ERROR,
+                PgSqlErrorCode::ERRCODE_IO_ERROR,
+                format!("could not remove \"{}\": {e}", dst.display())
+            );
+        }
+    }
+    let parent = dst.parent().map(|p| p.to_path_buf()).unwrap_or_default();
+    if let Err(e) = std::fs::create_dir_all(&parent) {
+        pgrx::ereport!(
+            ERROR,
+            PgSqlErrorCode::ERRCODE_IO_ERROR,
+            format!("could not create \"{}\": {e}", parent.display())
+        );
+    }
+    let how = match probe(&src, &parent) {
+        Ok(Ok(method)) => match clone_dir(&src, &dst, method) {
+            Ok(_) => method.name().to_string(),
+            Err(e) => {
+                pgrx::ereport!(
+                    ERROR,
+                    PgSqlErrorCode::ERRCODE_IO_ERROR,
+                    format!(
+                        "could not {method} \"{}\" to \"{}\": {e}",
+                        src.display(),
+                        dst.display()
+                    )
+                );
+            }
+        },
+        Ok(Err(why)) => {
+            plain_copy(&src, &dst);
+            format!("plain copy ({why})")
+        }
+        Err(e) => {
+            plain_copy(&src, &dst);
+            format!("plain copy (probe failed: {e})")
+        }
+    };
+    log(format!(
+        "pg_branch redo: created \"{}\" from \"{}\" by {how} (primary used {})",
+        dst.display(),
+        src.display(),
+        rec.method()
+    ));
+}
+
+fn plain_copy(src: &std::path::Path, dst: &std::path::Path) {
+    ffi::copydir(src, dst);
+}
+
+fn log(message: String) {
+    pgrx::ereport!(LOG, PgSqlErrorCode::ERRCODE_SUCCESSFUL_COMPLETION, message);
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn desc(buf: pg_sys::StringInfo, record: *mut pg_sys::XLogReaderState) {
+    if let (XLOG_BRANCH_CREATE, Some(r)) = decode(record) {
+        let text = format!(
+            "branch dir {}/{} to {}/{} by {}",
+            r.src_tablespace_id.to_u32(),
+            r.src_db_id.to_u32(),
+            r.tablespace_id.to_u32(),
+            r.db_id.to_u32(),
+            r.method()
+        );
+        let text = CString::new(text).expect("no NUL");
+        pg_sys::appendStringInfoString(buf, text.as_ptr());
+    }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn identify(info: u8) -> *const c_char {
+    match info & !(pg_sys::XLR_INFO_MASK as u8) {
+        XLOG_BRANCH_CREATE => c"BRANCH_CREATE".as_ptr(),
+        _ => std::ptr::null(),
     }
 }

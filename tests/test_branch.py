@@ -92,16 +92,29 @@ def test_unlogged_tables_keep_their_init_fork(branch, app):
     branch.sql("DROP DATABASE b_unlogged")
 
 
-def test_each_branch_is_wal_logged_like_file_copy(branch, app):
+def test_each_branch_is_wal_logged(branch, app):
     start = branch.one("SELECT pg_current_wal_flush_lsn()")
     branch.sql("CREATE DATABASE b_wal TEMPLATE app")
     end = branch.one("SELECT pg_current_wal_flush_lsn()")
     src = branch.one("SELECT oid FROM pg_database WHERE datname = 'app'")
     dst = branch.one("SELECT oid FROM pg_database WHERE datname = 'b_wal'")
     records = branch.sql(
-        "SELECT record_type, description FROM pg_get_wal_records_info(%s, %s) WHERE resource_manager = 'Database'",
-        params=(start, end))
-    assert records == [("CREATE_FILE_COPY", f"copy dir 1663/{src} to 1663/{dst}")]
+        "SELECT resource_manager, record_type, description FROM pg_get_wal_records_info(%s, %s) "
+        "WHERE resource_manager IN ('pg_branch', 'Database')", params=(start, end))
+    assert records == [("pg_branch", "BRANCH_CREATE", f"branch dir 1663/{src} to 1663/{dst} by snapshot")]
+    branch.sql("DROP DATABASE b_wal")
+    # pg_branch.wal_record = core: core's FILE_COPY record instead.
+    start = branch.one("SELECT pg_current_wal_flush_lsn()")
+    with branch.connect() as conn:
+        conn.execute("SET pg_branch.wal_record = core")
+        conn.execute("CREATE DATABASE b_wal TEMPLATE app")
+    end = branch.one("SELECT pg_current_wal_flush_lsn()")
+    dst = branch.one("SELECT oid FROM pg_database WHERE datname = 'b_wal'")
+    records = branch.sql(
+        "SELECT resource_manager, record_type, description FROM pg_get_wal_records_info(%s, %s) "
+        "WHERE resource_manager IN ('pg_branch', 'Database')", params=(start, end))
+    assert records == [("Database", "CREATE_FILE_COPY", f"copy dir 1663/{src} to 1663/{dst}")]
+    assert is_subvolume(branch.db_path("b_wal"))
     branch.sql("DROP DATABASE b_wal")
 
 

@@ -1,6 +1,6 @@
 """A branch that fails after its directory was cloned leaves nothing behind.
 
-The step after the clone is the checkpoint that CREATE DATABASE waits for.
+The step after the clone is the checkpoint that CREATE DATABASE waits to start.
 Stopping the checkpointer (SIGSTOP) holds the statement there, with the
 branch's directory already made and WAL-logged; then the statement is
 cancelled (ERROR) or its backend terminated (FATAL).
@@ -64,8 +64,8 @@ def test_error_after_clone_removes_the_directory(branch, template):
     branch.sql("CHECKPOINT")  # flushes the WAL the aborted statement wrote
     types = [r[0] for r in branch.sql(
         "SELECT record_type FROM pg_get_wal_records_info(%s, pg_current_wal_flush_lsn()) "
-        "WHERE resource_manager = 'Database'", params=(start,))]
-    assert types == ["CREATE_FILE_COPY", "DROP"]
+        "WHERE resource_manager IN ('pg_branch', 'Database')", params=(start,))]
+    assert types == ["BRANCH_CREATE", "DROP"]
     # The template is untouched and can still be branched.
     branch.sql("CREATE DATABASE cleanup_ok TEMPLATE cleanup_tpl")
     assert branch.one("SELECT count(*) FROM t", dbname="cleanup_ok") == 10000

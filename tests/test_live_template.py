@@ -279,7 +279,7 @@ def test_oracle_branches_under_pgbench_load(branch):
     branch.sql("DROP DATABASE IF EXISTS oracle WITH (FORCE)")
     branch.sql("CREATE DATABASE oracle")
     as_postgres(PG_BIN / "pgbench", "-q", "-i", "-s", "2", "-h", branch.sock, "-p", branch.port, "-U", "postgres", "oracle")
-    load = subprocess.Popen(["sudo", "-u", "postgres", PG_BIN / "pgbench", "-c", "4", "-j", "2", "-T", "25",
+    load = subprocess.Popen(["sudo", "-u", "postgres", PG_BIN / "pgbench", "-n", "-c", "4", "-j", "2", "-T", "25",
                              "-h", branch.sock, "-p", str(branch.port), "-U", "postgres", "oracle"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     fences = []

@@ -1,0 +1,280 @@
+"""Durability and replication: real crashes (kill -9), orphans, a real
+streaming standby on its own btrfs filesystem (with and without pg_branch),
+and point-in-time recovery from a base backup taken while branching."""
+
+import os
+import random
+import shutil
+import signal
+import subprocess
+import threading
+import time
+
+import psycopg
+import pytest
+
+from conftest import PG_BIN, Cluster, as_postgres, exclusive_bytes, is_subvolume, mount
+from test_live_template import oracle
+
+
+def pgbench_init(cluster, db, scale=1):
+    cluster.sql(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
+    cluster.sql(f"CREATE DATABASE {db}")
+    as_postgres(PG_BIN / "pgbench", "-q", "-i", "-s", scale, "-h", cluster.sock, "-p", cluster.port,
+                "-U", "postgres", db)
+
+
+def pgbench_load(cluster, db, seconds):
+    # -n: no VACUUM and no TRUNCATE of pgbench_history before the run, which
+    # would break the oracle's sum(delta) = sum(abalance) on a second run.
+    return subprocess.Popen(["sudo", "-u", "postgres", PG_BIN / "pgbench", "-n", "-c", "4", "-j", "2", "-T", str(seconds),
+                             "-h", cluster.sock, "-p", str(cluster.port), "-U", "postgres", db],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def wait_replayed(primary, standby, timeout=120):
+    lsn = primary.one("SELECT pg_current_wal_insert_lsn()")
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if standby.one("SELECT pg_last_wal_replay_lsn() >= %s::pg_lsn", params=(lsn,)):
+            return
+        time.sleep(0.1)
+    raise AssertionError("standby did not catch up")
+
+
+def make_standby(primary, root, port, preload=True):
+    standby = Cluster(root, port, preload=preload)
+    if standby.root.exists():
+        standby.stop(mode="immediate", check=False)
+        shutil.rmtree(standby.root)
+    standby.root.mkdir(parents=True)
+    standby.sock.mkdir()
+    subprocess.run(["chown", "-R", "postgres:postgres", str(standby.root)], check=True)
+    as_postgres(PG_BIN / "pg_basebackup", "-D", standby.data, "-R", "-X", "stream", "-c", "fast",
+                "-h", primary.sock, "-p", primary.port, "-U", "postgres")
+    with open(standby.data / "postgresql.conf", "a") as f:
+        # archive_mode off: a promoted standby must not archive its new
+        # timeline into the primary's archive.
+        f.write(f"port = {port}\nunix_socket_directories = '{standby.sock}'\nhot_standby = on\narchive_mode = off\n")
+        if not preload:
+            f.write("shared_preload_libraries = ''\n")
+    return standby.start()
+
+
+@pytest.fixture(scope="module")
+def primary():
+    """A primary of its own, archiving WAL, so crashes and standbys here do
+    not disturb the other suites' cluster."""
+    root = mount("PG_BRANCH_TEST_BTRFS") / "pytest-primary"
+    archive = root.parent / "pytest-primary-archive"
+    shutil.rmtree(archive, ignore_errors=True)
+    archive.mkdir()
+    shutil.chown(archive, "postgres", "postgres")
+    c = Cluster(root, 5497, extra_conf=f"archive_mode = on\narchive_command = 'cp %p {archive}/%f'\n").init().start()
+    c.archive = archive
+    c.sql("CREATE EXTENSION pg_branch")
+    c.sql("CREATE EXTENSION pg_walinspect")
+    pgbench_init(c, "tpl")
+    yield c
+    c.stop(mode="immediate", check=False)
+
+
+def branches(cluster, prefix):
+    return [r[0] for r in cluster.sql("SELECT datname FROM pg_database WHERE datname LIKE %s ORDER BY 1",
+                                      params=(prefix + "%",))]
+
+
+def test_crash_at_random_moments_of_a_branching_loop(primary):
+    """kill -9 of the postmaster at random moments while branches are made
+    and pgbench writes to the template, 20 times. After each restart every
+    visible branch passes the oracle and amcheck, orphans are listed and
+    removable, and the template passes the oracle."""
+    random.seed(20261123)
+    made = 0
+    for iteration in range(20):
+        load = pgbench_load(primary, "tpl", 30)
+        stop = threading.Event()
+
+        def loop():
+            n = 0
+            while not stop.is_set():
+                try:
+                    with primary.connect() as conn:
+                        conn.execute(f"CREATE DATABASE crash_{iteration}_{n} TEMPLATE tpl")
+                except psycopg.Error:
+                    return
+                n += 1
+
+        worker = threading.Thread(target=loop)
+        time.sleep(0.5)
+        worker.start()
+        time.sleep(random.uniform(0.05, 1.5))
+        primary.kill9()
+        stop.set()
+        worker.join(30)
+        load.wait(30)
+        primary.start()
+
+        for db in branches(primary, f"crash_{iteration}_"):
+            oracle(primary, db)
+            assert is_subvolume(primary.db_path(db))
+            made += 1
+        listed = {r[0] for r in primary.sql("SELECT path FROM pgbranch.orphans()")}
+        removed = {r[0] for r in primary.sql("SELECT path FROM pgbranch.remove_orphans()")}
+        assert removed == listed
+        assert primary.sql("SELECT * FROM pgbranch.orphans()") == []
+        oracle(primary, "tpl")
+        for db in branches(primary, f"crash_{iteration}_"):
+            primary.sql(f"DROP DATABASE {db}")
+    assert made > 0, "some branches committed before the crashes"
+
+
+def test_orphan_of_a_crash_between_clone_and_commit(primary):
+    with primary.connect() as conn:
+        ckpt = conn.execute("SELECT pid FROM pg_stat_activity WHERE backend_type = 'checkpointer'").fetchone()[0]
+    before = set(os.listdir(primary.data / "base"))
+    os.kill(ckpt, signal.SIGSTOP)
+    try:
+        def create():
+            with pytest.raises(psycopg.OperationalError):  # the server is killed under it
+                primary.sql("CREATE DATABASE orphan_me TEMPLATE tpl")
+
+        worker = threading.Thread(target=create)
+        worker.daemon = True
+        worker.start()
+        deadline = time.time() + 30
+        while set(os.listdir(primary.data / "base")) == before and time.time() < deadline:
+            time.sleep(0.05)
+        new = set(os.listdir(primary.data / "base")) - before
+        assert len(new) == 1
+        # Being created: not an orphan, and never removed.
+        assert primary.sql("SELECT path FROM pgbranch.orphans()") == []
+        assert primary.sql("SELECT path FROM pgbranch.remove_orphans()") == []
+        primary.kill9()
+    finally:
+        try:
+            os.kill(ckpt, signal.SIGCONT)
+        except ProcessLookupError:
+            pass
+    primary.start()
+    oid = new.pop()
+    assert primary.one("SELECT count(*) FROM pg_database WHERE datname = 'orphan_me'") == 0
+    rows = primary.sql("SELECT tablespace, path, bytes > 0, modified IS NOT NULL FROM pgbranch.orphans()")
+    assert rows == [("pg_default", f"base/{oid}", True, True)]
+    assert primary.sql("SELECT path FROM pgbranch.remove_orphans()") == [(f"base/{oid}",)]
+    assert not (primary.data / "base" / oid).exists()
+    assert primary.sql("SELECT * FROM pgbranch.orphans()") == []
+
+
+def test_orphan_functions_are_for_superusers(primary):
+    primary.sql("DROP ROLE IF EXISTS regress_plain")
+    primary.sql("CREATE ROLE regress_plain LOGIN")
+    with pytest.raises(psycopg.errors.InsufficientPrivilege):
+        primary.sql("SELECT * FROM pgbranch.remove_orphans()", user="regress_plain")
+
+
+def test_standby_with_pg_branch_gets_copy_on_write_branches(primary):
+    standby = make_standby(primary, mount("PG_BRANCH_TEST_BTRFS2") / "pytest-standby", 5498)
+    try:
+        primary.sql("CREATE DATABASE sb_idle TEMPLATE tpl")
+        load = pgbench_load(primary, "tpl", 8)
+        time.sleep(1)
+        primary.sql("CREATE DATABASE sb_load TEMPLATE tpl")
+        load.wait(60)
+        primary.sql("CREATE DATABASE sb_nested TEMPLATE sb_load")
+        wait_replayed(primary, standby)
+        for db in ("sb_idle", "sb_load", "sb_nested"):
+            assert standby.sql("SELECT * FROM pgbench_accounts ORDER BY aid", dbname=db) == \
+                primary.sql("SELECT * FROM pgbench_accounts ORDER BY aid", dbname=db)
+            oracle(primary, db)
+            # On the standby too, the branch shares its blocks.
+            path = standby.data / "base" / str(primary.one("SELECT oid FROM pg_database WHERE datname = %s",
+                                                           params=(db,)))
+            assert is_subvolume(path)
+            assert exclusive_bytes(path) < 1 << 20
+        log = (standby.root / "log").read_text()
+        assert "pg_branch redo: created" in log and "by snapshot" in log
+
+        # Promote; the branch is writable and can be branched again.
+        as_postgres(PG_BIN / "pg_ctl", "-D", standby.data, "-w", "promote")
+        standby.sql("UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid = 1", dbname="sb_load")
+        standby.sql("CREATE EXTENSION IF NOT EXISTS pg_branch")
+        standby.sql("CREATE DATABASE sb_after_promote TEMPLATE sb_load")
+        assert standby.one("SELECT abalance FROM pgbench_accounts WHERE aid = 1", dbname="sb_after_promote") == \
+            standby.one("SELECT abalance FROM pgbench_accounts WHERE aid = 1", dbname="sb_load")
+    finally:
+        standby.stop(mode="immediate", check=False)
+        for db in ("sb_idle", "sb_load", "sb_nested"):
+            primary.sql(f"DROP DATABASE IF EXISTS {db}")
+
+
+def test_standby_without_pg_branch_replays_core_records(primary):
+    standby = make_standby(primary, mount("PG_BRANCH_TEST_BTRFS2") / "pytest-standby-core", 5499, preload=False)
+    try:
+        with primary.connect() as conn:
+            conn.execute("SET pg_branch.wal_record = core")
+            conn.execute("CREATE DATABASE sb_core TEMPLATE tpl")
+        wait_replayed(primary, standby)
+        assert standby.sql("SELECT * FROM pgbench_accounts ORDER BY aid", dbname="sb_core") == \
+            primary.sql("SELECT * FROM pgbench_accounts ORDER BY aid", dbname="sb_core")
+        assert not is_subvolume(standby.data / "base" / str(
+            primary.one("SELECT oid FROM pg_database WHERE datname = 'sb_core'")))
+    finally:
+        standby.stop(mode="immediate", check=False)
+        primary.sql("DROP DATABASE IF EXISTS sb_core")
+
+
+def test_point_in_time_recovery_from_a_backup_taken_while_branching(primary):
+    """A base backup runs while branches of a template are made; recovery
+    replays the archived WAL to its end; every branch passes the oracle.
+    (The template is not written to during the backup: like core's
+    FILE_COPY, a branch whose template changes while a base backup copies
+    it may pick up those changes in recovery; see README.)"""
+    restore = Cluster(mount("PG_BRANCH_TEST_BTRFS2") / "pytest-pitr", 5500)
+    if restore.root.exists():
+        restore.stop(mode="immediate", check=False)
+        shutil.rmtree(restore.root)
+    restore.root.mkdir(parents=True)
+    restore.sock.mkdir()
+    subprocess.run(["chown", "-R", "postgres:postgres", str(restore.root)], check=True)
+    stop = threading.Event()
+    made = []
+
+    def loop():
+        n = 0
+        while not stop.is_set():
+            primary.sql(f"CREATE DATABASE pitr_{n} TEMPLATE tpl")
+            made.append(f"pitr_{n}")
+            n += 1
+
+    worker = threading.Thread(target=loop)
+    worker.start()
+    try:
+        as_postgres(PG_BIN / "pg_basebackup", "-D", restore.data, "-X", "none", "-c", "fast",
+                    "-h", primary.sock, "-p", primary.port, "-U", "postgres")
+    finally:
+        stop.set()
+        worker.join(60)
+    primary.sql("CREATE DATABASE pitr_after TEMPLATE tpl")
+    primary.sql("SELECT pg_switch_wal()")
+    primary.sql("CHECKPOINT")
+    time.sleep(1)  # let the archiver copy the last segment
+    with open(restore.data / "postgresql.conf", "a") as f:
+        f.write(f"port = {restore.port}\nunix_socket_directories = '{restore.sock}'\n"
+                f"restore_command = 'cp {primary.archive}/%f %p'\narchive_mode = off\n"
+                "recovery_target_timeline = 'current'\n")
+    (restore.data / "recovery.signal").touch()
+    shutil.chown(restore.data / "recovery.signal", "postgres", "postgres")
+    restore.start()
+    try:
+        deadline = time.time() + 120
+        while restore.one("SELECT pg_is_in_recovery()") and time.time() < deadline:
+            time.sleep(0.2)
+        got = set(branches(restore, "pitr_"))
+        assert set(made) | {"pitr_after"} <= got
+        for db in sorted(got):
+            oracle(restore, db)
+    finally:
+        restore.stop(mode="immediate", check=False)
+        for db in branches(primary, "pitr_"):
+            primary.sql(f"DROP DATABASE {db}")
