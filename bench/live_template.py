@@ -48,7 +48,7 @@ def pgbench(cluster, seconds, logdir):
 
 
 def main():
-    root = Path(os.environ["PG_BRANCH_BENCH_DIR"])
+    root = Path(os.environ["PG_BRANCH_BENCH_DIR"]) / "live-template"
     c = Cluster(root, 5450, extra_conf="shared_buffers = 1GB\nmax_wal_size = 4GB\n")
     c.init().start()
     try:

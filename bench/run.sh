@@ -2,9 +2,11 @@
 # Benchmarks: one entry point. Each prints its figures, with core's own
 # strategies measured in the same run where they apply. As root:
 #
+#   sudo bench/run.sh latency           CREATE DATABASE p50/p99, idle and under load, against core
 #   sudo bench/run.sh live-template     pgbench writes to the template while 100 branches are made
 #
-# Settings: SCALE (pgbench scale of the template), SECONDS_PER_RUN, BRANCHES.
+# Settings: SCALE (pgbench scale of the template); latency: RUNS;
+# live-template: SECONDS_PER_RUN, BRANCHES.
 set -euo pipefail
 . "$(dirname "$0")/../scripts/lib.sh"
 need_root
@@ -13,6 +15,7 @@ install_extension --release
 export PG_BRANCH_BENCH_DIR
 PG_BRANCH_BENCH_DIR="$(mount_btrfs)/bench"
 case "${1:-}" in
+    latency) exec "$VENV/bin/python" "$REPO/bench/latency.py" ;;
     live-template) exec "$VENV/bin/python" "$REPO/bench/live_template.py" ;;
-    *) die "usage: bench/run.sh live-template" ;;
+    *) die "usage: bench/run.sh latency|live-template" ;;
 esac
