@@ -14,10 +14,12 @@
 //!
 //! Deadlock freedom: we never wait for a lock while holding another fence
 //! lock. Locks are taken without waiting; when one is busy, every fence lock
-//! is released, we wait for the busy one alone (new writers of it now queue
-//! behind our request), and start again holding just that one. A writer
-//! that takes its tables in a different order than we do can therefore
-//! never deadlock with us, only make us retry.
+//! is released, we wait for that relation's writers alone, and start again
+//! holding just that one. A writer that takes its tables in a different
+//! order than we do can therefore never deadlock with us, only make us
+//! retry. While we wait, we stay out of the relation's lock queue as long
+//! as we can (see `Fence::wait_alone`), so a long write transaction holds
+//! up the branch, not every other writer of the template.
 //!
 //! Readers keep running while the fence is up. They may still change pages
 //! of the template without a conflicting lock (hint bits, HOT pruning), and
@@ -116,11 +118,7 @@ impl Fence {
     }
 
     fn try_take(&mut self, rel: Oid) -> bool {
-        let tag = relation_tag(self.db, rel);
-        // SAFETY: `tag` is a valid LOCKTAG; not waiting, so no error other
-        // than out-of-shared-memory can come from here, and that unwinds.
-        let got = unsafe { pg_sys::LockAcquire(&tag, pg_sys::ShareLock as _, false, true) };
-        if got == pg_sys::LockAcquireResult::LOCKACQUIRE_NOT_AVAIL {
+        if !try_lock(&relation_tag(self.db, rel)) {
             return false;
         }
         self.held.push(rel);
@@ -136,6 +134,17 @@ impl Fence {
     }
 
     /// Let go of everything, then wait for `rel` alone and keep it.
+    ///
+    /// Standing in the relation's lock queue would make every new writer
+    /// of it queue behind us for as long as the current holders take: one
+    /// session idle in a write transaction would stall all writers of that
+    /// table. So we first wait for the transactions that hold conflicting
+    /// locks *now*, outside the queue (as CREATE INDEX CONCURRENTLY waits
+    /// for lockers), then try again without waiting; writers go on
+    /// meanwhile. Under a steady stream of short write transactions some
+    /// transaction nearly always holds the lock, so after [`QUEUE_AFTER`]
+    /// rounds we join the queue: the holders of that moment finish within
+    /// milliseconds, and new writers wait behind us only that long.
     fn wait_alone(&mut self, rel: Oid, rel_name: &str, db_name: &CStr) {
         self.release_all();
         let tag = relation_tag(self.db, rel);
@@ -158,6 +167,13 @@ impl Fence {
         let db_display = db_name.to_string_lossy().into_owned();
         let rel_display = rel_name.to_string();
         PgTryBuilder::new(|| {
+            for _ in 0..QUEUE_AFTER {
+                if try_lock(&tag) {
+                    return;
+                }
+                wait_for_holders(&tag);
+                check_for_interrupts!();
+            }
             // SAFETY: a blocking LockAcquire; lock_timeout, cancellation
             // and deadlock errors unwind to the catch below.
             unsafe { pg_sys::LockAcquire(&tag, pg_sys::ShareLock as _, false, false) };
@@ -182,6 +198,37 @@ impl Fence {
         })
         .execute();
         self.held.push(rel);
+    }
+}
+
+/// Rounds of waiting outside the lock queue before joining it.
+const QUEUE_AFTER: usize = 20;
+
+/// Take ShareLock on `tag` if nobody holds a conflicting lock.
+fn try_lock(tag: &pg_sys::LOCKTAG) -> bool {
+    // SAFETY: `tag` is a valid LOCKTAG; not waiting, so no error other
+    // than out-of-shared-memory can come from here, and that unwinds.
+    unsafe {
+        pg_sys::LockAcquire(tag, pg_sys::ShareLock as _, false, true)
+            != pg_sys::LockAcquireResult::LOCKACQUIRE_NOT_AVAIL
+    }
+}
+
+/// Wait until every transaction that holds a lock conflicting with
+/// ShareLock on `tag` right now has ended, without queueing for `tag`
+/// itself. Honours lock_timeout and cancellation (the waits are lock
+/// waits on each transaction's virtual XID).
+fn wait_for_holders(tag: &pg_sys::LOCKTAG) {
+    // SAFETY: GetLockConflicts returns an array of `count` VXIDs that we
+    // copy before waiting; VirtualXactLock waits for one to end (a prepared
+    // transaction included).
+    unsafe {
+        let mut count = 0;
+        let vxids = pg_sys::GetLockConflicts(tag, pg_sys::ShareLock as _, &mut count);
+        let vxids: Vec<_> = (0..count as usize).map(|i| *vxids.add(i)).collect();
+        for vxid in vxids {
+            pg_sys::VirtualXactLock(vxid, true);
+        }
     }
 }
 

@@ -84,12 +84,17 @@ def test_branch_waits_for_an_open_write_transaction(branch, live, ending):
         writer.execute("INSERT INTO t1 (note) VALUES ('open')")
         creator = Background(branch, "CREATE DATABASE live_b TEMPLATE live", "creator")
         assert wait_for(lambda: waiting_on_lock(branch, "creator"))
-        # Readers and new connections are not held up meanwhile.
+        # Readers and new connections are not held up meanwhile, and
+        # neither are other writers of the same table: the branch waits
+        # for the open transaction without queueing in front of them.
         assert branch.one("SELECT count(*) FROM t1", dbname=live) == 1
+        with branch.connect(live) as other:
+            other.execute("SET statement_timeout = '10s'")
+            other.execute("INSERT INTO t1 (note) VALUES ('meanwhile')")
         assert not creator.done.is_set()
         writer.execute(ending)
     creator.join()
-    expected = ["before", "open"] if ending == "COMMIT" else ["before"]
+    expected = ["before", "meanwhile", "open"] if ending == "COMMIT" else ["before", "meanwhile"]
     assert notes(branch, "live_b") == expected
     assert notes(branch, live) == expected
 
