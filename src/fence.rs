@@ -202,7 +202,7 @@ impl Fence {
 }
 
 /// Rounds of waiting outside the lock queue before joining it.
-const QUEUE_AFTER: usize = 20;
+const QUEUE_AFTER: usize = 5;
 
 /// Take ShareLock on `tag` if nobody holds a conflicting lock.
 fn try_lock(tag: &pg_sys::LOCKTAG) -> bool {

@@ -84,14 +84,18 @@ def branches(cluster, prefix):
                                       params=(prefix + "%",))]
 
 
+CRASHES = int(os.environ.get("PG_BRANCH_CRASHES", "20"))
+
+
 def test_crash_at_random_moments_of_a_branching_loop(primary):
     """kill -9 of the postmaster at random moments while branches are made
-    and pgbench writes to the template, 20 times. After each restart every
-    visible branch passes the oracle and amcheck, orphans are listed and
-    removable, and the template passes the oracle."""
-    random.seed(20261123)
+    and pgbench writes to the template, 20 times (PG_BRANCH_CRASHES=500 for
+    a soak run). After each restart every visible branch passes the oracle
+    and amcheck, orphans are listed and removable, and the template passes
+    the oracle."""
+    random.seed(os.environ.get("PG_BRANCH_SEED", "20261123"))
     made = 0
-    for iteration in range(20):
+    for iteration in range(CRASHES):
         load = pgbench_load(primary, "tpl", 30)
         stop = threading.Event()
 

@@ -333,3 +333,30 @@ def test_thousands_of_relations_and_a_small_lock_table(branch):
         assert c.one("SELECT count(*) FROM pg_class WHERE relname ~ '^t[0-9]+$'", dbname="many_b") == 1500
     finally:
         c.stop(check=False)
+
+
+def test_autovacuum_on_the_template_is_cancelled_not_waited_for(branch):
+    """An autovacuum worker busy on the template holds a lock the fence
+    needs; after deadlock_timeout the lock manager cancels it, as it does
+    for any lock request that an autovacuum blocks, and the branch goes on.
+    The vacuum here is throttled to take minutes."""
+    c = Cluster(mount("PG_BRANCH_TEST_BTRFS") / "pytest-autovacuum", 5502, extra_conf="\n".join([
+        "autovacuum_naptime = 1", "autovacuum_vacuum_threshold = 0", "autovacuum_vacuum_scale_factor = 0",
+        "autovacuum_vacuum_cost_delay = 100", "autovacuum_vacuum_cost_limit = 1", "log_autovacuum_min_duration = 0",
+        "deadlock_timeout = '200ms'"])).init().start()
+    try:
+        c.sql("CREATE DATABASE av")
+        c.sql("CREATE TABLE big AS SELECT g, repeat('x', 100) AS pad FROM generate_series(1, 200000) g", dbname="av")
+        c.sql("DELETE FROM big WHERE g % 2 = 0", dbname="av")
+        # Wait until the worker holds its lock on the table (it shows in
+        # pg_stat_activity a moment before it takes the lock).
+        big = c.one("SELECT 'big'::regclass::oid", dbname="av")
+        assert wait_for(lambda: c.one("""SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a USING (pid)
+                                          WHERE a.backend_type = 'autovacuum worker' AND l.granted
+                                            AND l.mode = 'ShareUpdateExclusiveLock' AND l.relation = %s""",
+                                      params=(big,)) == 1, timeout=60)
+        c.sql("CREATE DATABASE av_branch TEMPLATE av")
+        assert c.one("SELECT count(*) FROM big", dbname="av_branch") == 100000
+        assert "canceling autovacuum task" in (c.root / "log").read_text()
+    finally:
+        c.stop(check=False)
