@@ -10,7 +10,6 @@ in both runs.
 
 import os
 import re
-import statistics
 import subprocess
 import sys
 import tempfile

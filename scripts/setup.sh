@@ -32,8 +32,8 @@ if ! grep -qs "pg15 = \"$PG_CONFIG\"" "${PGRX_HOME:-$HOME/.pgrx}/config.toml"; t
     cargo pgrx init --pg15 "$PG_CONFIG"
 fi
 
-if [ ! -x "$VENV/bin/pytest" ]; then
+if [ ! -x "$VENV/bin/pytest" ] || [ ! -x "$VENV/bin/pyflakes" ]; then
     say "installing the Python test driver into $VENV"
     python3 -m venv "$VENV"
-    "$VENV/bin/pip" install -q "pytest==8.3.*" "psycopg[binary]==3.2.*"
+    "$VENV/bin/pip" install -q "pytest==8.3.*" "psycopg[binary]==3.2.*" "pyflakes==3.*"
 fi

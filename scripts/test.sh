@@ -28,6 +28,7 @@ step() { # step NAME COMMAND...: run a check, count it
 if [ $# -eq 0 ]; then
     step "cargo fmt --check" cargo fmt --all -- --check
     step "cargo clippy -D warnings" cargo clippy --workspace --all-targets -- -D warnings
+    step "pyflakes (test and benchmark scripts)" "$VENV/bin/pyflakes" tests bench
     say "storage tests on btrfs, XFS and ext4 loop mounts"
     if out=$(cargo test -p pg_branch_storage 2>&1); then :; else failed=$((failed + 1)); fi
     echo "$out"

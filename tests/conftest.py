@@ -43,14 +43,20 @@ class Cluster:
         self.preload = preload
         self.extra_conf = extra_conf
 
-    def init(self):
+    def fresh(self):
+        """An empty cluster directory owned by postgres (a leftover server
+        in it is stopped first), for initdb or pg_basebackup to fill."""
         if self.root.exists():
-            self.stop(check=False)
+            self.stop(mode="immediate", check=False)
             shutil.rmtree(self.root)
         self.root.mkdir(parents=True)
         self.sock.mkdir()
         shutil.chown(self.root, RUN_AS, RUN_AS)
         shutil.chown(self.sock, RUN_AS, RUN_AS)
+        return self
+
+    def init(self):
+        self.fresh()
         as_postgres(PG_BIN / "initdb", "-D", self.data, "-E", "UTF8", "--locale=C.UTF-8", "-A", "trust", "-U", "postgres")
         conf = [
             f"port = {self.port}",
@@ -124,6 +130,16 @@ class Cluster:
     def db_path(self, dbname):
         oid = self.one("SELECT oid FROM pg_database WHERE datname = %s", params=(dbname,))
         return self.data / "base" / str(oid)
+
+
+def wait_for(predicate, timeout=30):
+    """Poll `predicate` until it holds; False if it never did within `timeout` s."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return False
 
 
 def is_subvolume(path):

@@ -9,11 +9,12 @@ cancelled (ERROR) or its backend terminated (FATAL).
 import os
 import signal
 import threading
-import time
 from contextlib import contextmanager
 
 import psycopg
 import pytest
+
+from conftest import wait_for
 
 
 @contextmanager
@@ -25,14 +26,6 @@ def checkpointer_stopped(cluster):
     finally:
         os.kill(pid, signal.SIGCONT)
 
-
-def wait_for(predicate, timeout=30):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def new_dirs(cluster, before):

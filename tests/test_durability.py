@@ -43,13 +43,7 @@ def wait_replayed(primary, standby, timeout=120):
 
 
 def make_standby(primary, root, port, preload=True):
-    standby = Cluster(root, port, preload=preload)
-    if standby.root.exists():
-        standby.stop(mode="immediate", check=False)
-        shutil.rmtree(standby.root)
-    standby.root.mkdir(parents=True)
-    standby.sock.mkdir()
-    subprocess.run(["chown", "-R", "postgres:postgres", str(standby.root)], check=True)
+    standby = Cluster(root, port, preload=preload).fresh()
     as_postgres(PG_BIN / "pg_basebackup", "-D", standby.data, "-R", "-X", "stream", "-c", "fast",
                 "-h", primary.sock, "-p", primary.port, "-U", "postgres")
     with open(standby.data / "postgresql.conf", "a") as f:
@@ -234,13 +228,7 @@ def test_point_in_time_recovery_from_a_backup_taken_while_branching(primary):
     (The template is not written to during the backup: like core's
     FILE_COPY, a branch whose template changes while a base backup copies
     it may pick up those changes in recovery; see README.)"""
-    restore = Cluster(mount("PG_BRANCH_TEST_BTRFS2") / "pytest-pitr", 5500)
-    if restore.root.exists():
-        restore.stop(mode="immediate", check=False)
-        shutil.rmtree(restore.root)
-    restore.root.mkdir(parents=True)
-    restore.sock.mkdir()
-    subprocess.run(["chown", "-R", "postgres:postgres", str(restore.root)], check=True)
+    restore = Cluster(mount("PG_BRANCH_TEST_BTRFS2") / "pytest-pitr", 5500).fresh()
     stop = threading.Event()
     made = []
 

@@ -14,16 +14,8 @@ import time
 import psycopg
 import pytest
 
-from conftest import PG_BIN, Cluster, as_postgres, mount
+from conftest import PG_BIN, Cluster, as_postgres, mount, wait_for
 
-
-def wait_for(predicate, timeout=30):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def waiting_on_lock(cluster, application_name):
