@@ -80,8 +80,9 @@ pub unsafe fn createdb(pstate: *mut pg_sys::ParseState, stmt: *const pg_sys::Cre
     let dbname = CStr::from_ptr((*stmt).dbname);
 
     // 2. Validate like core, in core's order: options, owner, privileges,
-    // template, locale, tablespace, name, and last the busy check, which
-    // may wait.
+    // template, locale, tablespace, name. Core's last check, that nobody
+    // else is connected to the template, is deliberately absent: the
+    // template may be in use (steps 3 and 5).
     let o = CreatedbOptions::parse(pstate, stmt);
 
     let owner = match &o.owner {
