@@ -41,6 +41,31 @@ const fn iow_4096(nr: u64) -> u64 {
 const BTRFS_IOC_SUBVOL_CREATE: u64 = iow_4096(14);
 const BTRFS_IOC_SNAP_CREATE_V2: u64 = iow_4096(23);
 
+/// `struct btrfs_ioctl_fs_info_args`: 1024 bytes; we read `fsid` only.
+#[repr(C)]
+struct FsInfoArgs {
+    max_id: u64,
+    num_devices: u64,
+    fsid: [u8; 16],
+    rest: [u8; 992],
+}
+const _: () = assert!(mem::size_of::<FsInfoArgs>() == 1024);
+/// `_IOR(BTRFS_IOCTL_MAGIC, 31, struct btrfs_ioctl_fs_info_args)`.
+const BTRFS_IOC_FS_INFO: u64 = (2 << 30) | (1024 << 16) | (0x94 << 8) | 31;
+
+/// The UUID of the btrfs filesystem holding `path`. Unlike `st_dev` and
+/// `f_fsid`, which differ between subvolumes, it names the filesystem.
+pub fn fsid(path: &Path) -> io::Result<[u8; 16]> {
+    let f = File::open(path)?;
+    // SAFETY: zeroed plain-data struct of the size the ioctl writes.
+    let mut args: FsInfoArgs = unsafe { mem::zeroed() };
+    // SAFETY: `f` is open and `args` is a writable 1024-byte struct.
+    if unsafe { libc::ioctl(f.as_raw_fd(), BTRFS_IOC_FS_INFO as _, &mut args) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(args.fsid)
+}
+
 pub fn statfs_magic(path: &Path) -> io::Result<i64> {
     let c = cstring(path)?;
     // SAFETY: `c` is a valid NUL-terminated path and `buf` a writable statfs.

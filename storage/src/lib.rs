@@ -70,14 +70,24 @@ impl fmt::Display for Unsupported {
 /// Decide how `src` (an existing database directory) can be cloned into a
 /// new directory created inside `dst_parent`.
 ///
-/// The test is the real operation on a throw-away target: one file of `src`
-/// is reflinked into an unnamed `O_TMPFILE` in `dst_parent`, which vanishes
-/// when closed, so probing leaves nothing behind. A successful reflink proves
-/// both that the filesystem can share extents and that `src` and
-/// `dst_parent` are on the same filesystem (FICLONE refuses with `EXDEV`
-/// otherwise). A snapshot additionally needs `src` to be a btrfs subvolume
-/// and `dst_parent` to be on btrfs.
+/// A btrfs subvolume is snapshotted when `dst_parent` is on the same btrfs
+/// filesystem (same filesystem UUID). Otherwise the test is the real
+/// operation on a throw-away target: one file of `src` is reflinked into an
+/// unnamed `O_TMPFILE` in `dst_parent`, which vanishes when closed, so
+/// probing leaves nothing behind. A successful reflink proves both that the
+/// filesystem can share extents and that `src` and `dst_parent` are on the
+/// same filesystem (FICLONE refuses with `EXDEV` otherwise). Files with
+/// btrfs's No_COW attribute cannot be reflinked, so any such file makes the
+/// reflink path unsupported, with a reason that names it.
 pub fn probe(src: &Path, dst_parent: &Path) -> io::Result<Result<Method, Unsupported>> {
+    // A subvolume snapshots whole, whatever its files' attributes, into any
+    // directory of the same btrfs filesystem.
+    if btrfs::is_subvolume(src)?
+        && btrfs::is_btrfs(dst_parent)?
+        && btrfs::fsid(src)? == btrfs::fsid(dst_parent)?
+    {
+        return Ok(Ok(Method::Snapshot));
+    }
     let Some(sample) = sample_file(src)? else {
         let reason = format!("\"{}\" has no file to clone", src.display());
         return Ok(Err(Unsupported { reason }));
@@ -90,6 +100,7 @@ pub fn probe(src: &Path, dst_parent: &Path) -> io::Result<Result<Method, Unsuppo
                 src.display(),
                 dst_parent.display()
             ),
+            Some(libc::EINVAL) if reflink::is_nocow(&sample)? => nocow_reason(&sample),
             Some(libc::EOPNOTSUPP)
             | Some(libc::ENOTTY)
             | Some(libc::EINVAL)
@@ -103,11 +114,25 @@ pub fn probe(src: &Path, dst_parent: &Path) -> io::Result<Result<Method, Unsuppo
         };
         return Ok(Err(Unsupported { reason }));
     }
-    if btrfs::is_subvolume(src)? && btrfs::is_btrfs(dst_parent)? {
-        Ok(Ok(Method::Snapshot))
-    } else {
-        Ok(Ok(Method::Reflink))
+    // The sample reflinked; a No_COW file elsewhere in the directory would
+    // still fail halfway through the clone, so look for one now.
+    for entry in fs::read_dir(src)? {
+        let entry = entry?;
+        if entry.file_type()?.is_file() && reflink::is_nocow(&entry.path()).unwrap_or(false) {
+            return Ok(Err(Unsupported {
+                reason: nocow_reason(&entry.path()),
+            }));
+        }
     }
+    Ok(Ok(Method::Reflink))
+}
+
+fn nocow_reason(file: &Path) -> String {
+    format!(
+        "\"{}\" has the No_COW attribute (chattr +C), and btrfs cannot reflink such files; \
+         a database directory that is a btrfs subvolume can still be snapshotted",
+        file.display()
+    )
 }
 
 /// What [`clone_dir`] did.

@@ -21,6 +21,27 @@ fn ficlone(src: &File, dst: &File) -> io::Result<()> {
     Ok(())
 }
 
+/// `_IOR('f', 1, long)` and the attribute `chattr +C` sets (linux/fs.h).
+const FS_IOC_GETFLAGS: u64 = (2 << 30) | (8 << 16) | ((b'f' as u64) << 8) | 1;
+const FS_NOCOW_FL: libc::c_long = 0x0080_0000;
+
+/// Whether `file` has btrfs's No_COW attribute (`chattr +C`, common advice
+/// for database files on btrfs). btrfs refuses to reflink such files.
+pub fn is_nocow(file: &Path) -> io::Result<bool> {
+    let f = File::open(file)?;
+    let mut flags: libc::c_long = 0;
+    // SAFETY: `f` is open; the ioctl writes one long into `flags`.
+    if unsafe { libc::ioctl(f.as_raw_fd(), FS_IOC_GETFLAGS as _, &mut flags) } != 0 {
+        let e = io::Error::last_os_error();
+        // Filesystems without inode flags have no NOCOW files either.
+        return match e.raw_os_error() {
+            Some(libc::ENOTTY) | Some(libc::EOPNOTSUPP) | Some(libc::EINVAL) => Ok(false),
+            _ => Err(e),
+        };
+    }
+    Ok(flags & FS_NOCOW_FL != 0)
+}
+
 /// Clone `src` into a new file `dst` (which must not exist), with
 /// PostgreSQL's file mode, and fsync it.
 pub fn clone_file(src: &Path, dst: &Path) -> io::Result<()> {

@@ -1,6 +1,7 @@
-//! Storage tests on real filesystems. `scripts/test.sh` loop-mounts a btrfs,
-//! an XFS (reflink=1) and an ext4 image and names them in
-//! `PG_BRANCH_TEST_BTRFS`, `PG_BRANCH_TEST_XFS` and `PG_BRANCH_TEST_EXT4`.
+//! Storage tests on real filesystems. `scripts/test.sh` loop-mounts two
+//! btrfs, an XFS (reflink=1) and an ext4 image and names them in
+//! `PG_BRANCH_TEST_BTRFS`, `PG_BRANCH_TEST_BTRFS2`, `PG_BRANCH_TEST_XFS` and
+//! `PG_BRANCH_TEST_EXT4`.
 //! A test whose filesystem is not named fails: a silently skipped storage
 //! test would prove nothing.
 
@@ -207,4 +208,94 @@ fn different_filesystems_cannot_share_extents() {
     assert!(why.reason.contains("different filesystems"), "{why}");
     fs::remove_dir_all(&btrfs).unwrap();
     fs::remove_dir_all(&xfs).unwrap();
+}
+
+/// `chattr +C` on an empty directory: files created in it inherit No_COW.
+fn nocow_dir(dir: &Path) {
+    fs::create_dir(dir).unwrap();
+    let ok = Command::new("chattr").arg("+C").arg(dir).status().unwrap();
+    assert!(ok.success());
+}
+
+#[test]
+fn btrfs_nocow_files_cannot_be_reflinked_and_say_so() {
+    let root = scratch("PG_BRANCH_TEST_BTRFS");
+    let src = root.join("1");
+    nocow_dir(&src);
+    fs::write(src.join("PG_VERSION"), "15\n").unwrap();
+    fs::write(src.join("16384"), vec![7u8; 1 << 20]).unwrap();
+    let why = probe(&src, &root).unwrap().unwrap_err();
+    assert!(
+        why.reason.contains("No_COW") && why.reason.contains("PG_VERSION"),
+        "{why}"
+    );
+    assert_eq!(
+        fs::read_dir(&root).unwrap().count(),
+        1,
+        "probing leaves nothing behind"
+    );
+    fs::remove_dir_all(&root).unwrap();
+}
+
+#[test]
+fn btrfs_one_nocow_file_among_others_is_named() {
+    let root = scratch("PG_BRANCH_TEST_BTRFS");
+    let src = root.join("1");
+    make_template(&src);
+    let nocow = src.join("16400");
+    fs::write(&nocow, b"").unwrap();
+    assert!(Command::new("chattr")
+        .arg("+C")
+        .arg(&nocow)
+        .status()
+        .unwrap()
+        .success());
+    fs::write(&nocow, vec![1u8; 8192]).unwrap();
+    let why = probe(&src, &root).unwrap().unwrap_err();
+    assert!(
+        why.reason.contains("16400") && why.reason.contains("No_COW"),
+        "{why}"
+    );
+    fs::remove_dir_all(&root).unwrap();
+}
+
+#[test]
+fn btrfs_subvolume_with_nocow_files_is_still_snapshotted() {
+    let root = scratch("PG_BRANCH_TEST_BTRFS");
+    let plain = root.join("1");
+    make_template(&plain);
+    let src = root.join("2");
+    clone_dir(&plain, &src, Method::Reflink).unwrap();
+    let nocow = src.join("16400");
+    fs::write(&nocow, b"").unwrap();
+    assert!(Command::new("chattr")
+        .arg("+C")
+        .arg(&nocow)
+        .status()
+        .unwrap()
+        .success());
+    fs::write(&nocow, vec![1u8; 8192]).unwrap();
+    assert_eq!(probe(&src, &root).unwrap(), Ok(Method::Snapshot));
+    let dst = root.join("3");
+    clone_dir(&src, &dst, Method::Snapshot).unwrap();
+    assert_eq!(fs::read(dst.join("16400")).unwrap(), vec![1u8; 8192]);
+    for d in [&dst, &src] {
+        remove_dir(d).unwrap();
+    }
+    fs::remove_dir_all(&root).unwrap();
+}
+
+#[test]
+fn a_subvolume_on_another_btrfs_filesystem_is_not_snapshotted() {
+    let a = scratch("PG_BRANCH_TEST_BTRFS");
+    let b = scratch("PG_BRANCH_TEST_BTRFS2");
+    let plain = a.join("1");
+    make_template(&plain);
+    let src = a.join("2");
+    clone_dir(&plain, &src, Method::Reflink).unwrap();
+    let why = probe(&src, &b).unwrap().unwrap_err();
+    assert!(why.reason.contains("different filesystems"), "{why}");
+    remove_dir(&src).unwrap();
+    fs::remove_dir_all(&a).unwrap();
+    fs::remove_dir_all(&b).unwrap();
 }
