@@ -8,7 +8,7 @@ set -euo pipefail
 need_root
 
 APT_PACKAGES=(postgresql-15 postgresql-contrib postgresql-server-dev-15 btrfs-progs xfsprogs e2fsprogs
-              libclang-dev clang pkg-config sudo util-linux python3-venv)
+              libclang-dev clang pkg-config sudo util-linux procps python3-venv)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
