@@ -24,9 +24,12 @@
 //! the crash, which may already hold changes made after the branch. Core's
 //! record has no such rule in its redo, which is why the `core` setting
 //! still waits for a whole checkpoint before commit, as core's FILE_COPY
-//! does. In archive recovery (PITR, standbys) the directory, if a base
+//! does. In archive recovery (PITR, standbys) a plain directory, if a base
 //! backup holds one, may be a partial copy, so redo removes it and clones
-//! the template as replay has rebuilt it, as core does.
+//! the template as replay has rebuilt it, as core does; a subvolume there
+//! was made whole by an earlier replay of the same record (a standby that
+//! restarts replays from its last restartpoint), and is kept, because the
+//! template on disk may by then be newer than the record.
 
 use crate::ffi;
 use crate::gucs;
@@ -212,22 +215,25 @@ unsafe extern "C-unwind" fn redo(record: *mut pg_sys::XLogReaderState) {
 
     let src = ffi::database_path(rec.src_db_id, rec.src_tablespace_id);
     let dst = ffi::database_path(rec.db_id, rec.tablespace_id);
-    let crash_recovery = !ffi::in_archive_recovery();
     if dst.exists() {
-        if crash_recovery {
-            log(format!(
-                "pg_branch redo: kept \"{}\", the branch made before the crash",
-                dst.display()
-            ));
+        // Keep a directory that is known to be the whole branch as of this
+        // record: in crash recovery, the one made before the crash (module
+        // comment); in archive recovery, a subvolume, which only a snapshot
+        // or an earlier replay of this record (built under a temporary
+        // name and renamed into place) can have made. A plain directory in
+        // archive recovery may be a base backup's partial copy: rebuild it.
+        let why = if !ffi::in_archive_recovery() {
+            Some("the branch made before the crash")
+        } else if pg_branch_storage::is_subvolume(&dst).unwrap_or(false) {
+            Some("made by an earlier replay")
+        } else {
+            None
+        };
+        if let Some(why) = why {
+            log(format!("pg_branch redo: kept \"{}\", {why}", dst.display()));
             return;
         }
-        if let Err(e) = remove_dir(&dst) {
-            pgrx::ereport!(
-                ERROR,
-                PgSqlErrorCode::ERRCODE_IO_ERROR,
-                format!("could not remove \"{}\": {e}", dst.display())
-            );
-        }
+        remove_or_fail(&dst);
     }
     let parent = dst.parent().map(|p| p.to_path_buf()).unwrap_or_default();
     if let Err(e) = std::fs::create_dir_all(&parent) {
@@ -237,8 +243,12 @@ unsafe extern "C-unwind" fn redo(record: *mut pg_sys::XLogReaderState) {
             format!("could not create \"{}\": {e}", parent.display())
         );
     }
+    // Build under a temporary name and rename into place, so that a crash
+    // of this replay never leaves a partial directory under the real name.
+    let tmp = dst.with_extension("pg_branch_redo");
+    remove_or_fail(&tmp);
     let how = match probe(&src, &parent) {
-        Ok(Ok(method)) => match clone_dir(&src, &dst, method) {
+        Ok(Ok(method)) => match clone_dir(&src, &tmp, method) {
             Ok(_) => method.name().to_string(),
             Err(e) => {
                 pgrx::ereport!(
@@ -247,20 +257,33 @@ unsafe extern "C-unwind" fn redo(record: *mut pg_sys::XLogReaderState) {
                     format!(
                         "could not {method} \"{}\" to \"{}\": {e}",
                         src.display(),
-                        dst.display()
+                        tmp.display()
                     )
                 );
             }
         },
         Ok(Err(why)) => {
-            plain_copy(&src, &dst);
+            ffi::copydir(&src, &tmp);
             format!("plain copy ({why})")
         }
         Err(e) => {
-            plain_copy(&src, &dst);
+            ffi::copydir(&src, &tmp);
             format!("plain copy (probe failed: {e})")
         }
     };
+    if let Err(e) =
+        std::fs::rename(&tmp, &dst).and_then(|_| std::fs::File::open(&parent)?.sync_all())
+    {
+        pgrx::ereport!(
+            ERROR,
+            PgSqlErrorCode::ERRCODE_IO_ERROR,
+            format!(
+                "could not rename \"{}\" to \"{}\": {e}",
+                tmp.display(),
+                dst.display()
+            )
+        );
+    }
     log(format!(
         "pg_branch redo: created \"{}\" from \"{}\" by {how} (primary used {})",
         dst.display(),
@@ -269,8 +292,15 @@ unsafe extern "C-unwind" fn redo(record: *mut pg_sys::XLogReaderState) {
     ));
 }
 
-fn plain_copy(src: &std::path::Path, dst: &std::path::Path) {
-    ffi::copydir(src, dst);
+/// Remove `dir` (a directory or subvolume) if it exists, or fail replay.
+fn remove_or_fail(dir: &std::path::Path) {
+    if let Err(e) = remove_dir(dir) {
+        pgrx::ereport!(
+            ERROR,
+            PgSqlErrorCode::ERRCODE_IO_ERROR,
+            format!("could not remove \"{}\": {e}", dir.display())
+        );
+    }
 }
 
 fn log(message: String) {

@@ -193,6 +193,19 @@ def test_standby_with_pg_branch_gets_copy_on_write_branches(primary):
         log = (standby.root / "log").read_text()
         assert "pg_branch redo: created" in log and "by snapshot" in log
 
+        # A standby that restarts replays again from its last restartpoint
+        # (before these branches): redo keeps the branches it made rather
+        # than re-cloning a template that has moved on since.
+        standby.stop(mode="immediate")
+        standby.start()
+        wait_replayed(primary, standby)
+        log = (standby.root / "log").read_text()
+        oid = primary.one("SELECT oid FROM pg_database WHERE datname = 'sb_idle'")
+        assert f'pg_branch redo: kept "base/{oid}", made by an earlier replay' in log
+        for db in ("sb_idle", "sb_load", "sb_nested"):
+            assert standby.sql("SELECT * FROM pgbench_accounts ORDER BY aid", dbname=db) == \
+                primary.sql("SELECT * FROM pgbench_accounts ORDER BY aid", dbname=db)
+
         # Promote; the branch is writable and can be branched again.
         as_postgres(PG_BIN / "pg_ctl", "-D", standby.data, "-w", "promote")
         standby.sql("UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid = 1", dbname="sb_load")
