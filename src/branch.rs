@@ -42,10 +42,7 @@ pub fn plan(
     let mut steps = Vec::new();
     for ts in catalog::tablespaces() {
         let src = ffi::database_path(src_db, ts);
-        let has_files = std::fs::read_dir(&src)
-            .map(|mut d| d.next().is_some())
-            .unwrap_or(false);
-        if !has_files {
+        if !has_entries(&src) {
             continue;
         }
         let dst_tablespace = if ts == src_default { dst_default } else { ts };
@@ -67,6 +64,14 @@ pub fn plan(
         });
     }
     Ok(steps)
+}
+
+/// Core's `stat() && S_ISDIR && !directory_is_empty()`: a directory that
+/// exists and holds something.
+fn has_entries(dir: &std::path::Path) -> bool {
+    std::fs::read_dir(dir)
+        .map(|mut d| d.next().is_some())
+        .unwrap_or(false)
 }
 
 /// Create the database of `stmt` as a branch of its template. The hook has
@@ -610,10 +615,7 @@ unsafe fn resolve_tablespace(o: &CreatedbOptions, t: &DatabaseRow, template_name
     // that tablespace both explicitly and as "default".
     if ts != t.tablespace {
         let src = ffi::database_path(t.oid, ts);
-        if std::fs::read_dir(&src)
-            .map(|mut d| d.next().is_some())
-            .unwrap_or(false)
-        {
+        if has_entries(&src) {
             Report::new(
                 PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
                 format!("cannot assign new default tablespace \"{}\"", name.to_string_lossy()),

@@ -43,6 +43,16 @@ fn make_template(dir: &Path) {
     Command::new("sync").status().unwrap();
 }
 
+/// `root/1`, a plain template directory, and `root/2`, a subvolume cloned
+/// from it (as pg_branch makes the first branch of a plain directory).
+fn subvolume_template(root: &Path) -> (PathBuf, PathBuf) {
+    let plain = root.join("1");
+    make_template(&plain);
+    let src = root.join("2");
+    clone_dir(&plain, &src, Method::Reflink).unwrap();
+    (plain, src)
+}
+
 fn assert_same_except_temp(src: &Path, dst: &Path) {
     let mut names: Vec<_> = fs::read_dir(dst)
         .unwrap()
@@ -110,10 +120,7 @@ fn btrfs_plain_directory_is_reflinked_into_a_new_subvolume() {
 #[test]
 fn btrfs_subvolume_is_snapshotted_and_temp_files_dropped() {
     let root = scratch("PG_BRANCH_TEST_BTRFS");
-    let plain = root.join("1");
-    make_template(&plain);
-    let src = root.join("2");
-    clone_dir(&plain, &src, Method::Reflink).unwrap();
+    let (plain, src) = subvolume_template(&root);
     fs::write(src.join("t7_16400"), b"temp in a subvolume").unwrap();
 
     assert_eq!(probe(&src, &root).unwrap(), Ok(Method::Snapshot));
@@ -148,10 +155,7 @@ fn btrfs_subvolume_is_snapshotted_and_temp_files_dropped() {
 #[test]
 fn snapshot_into_an_existing_name_fails_and_leaves_it_alone() {
     let root = scratch("PG_BRANCH_TEST_BTRFS");
-    let plain = root.join("1");
-    make_template(&plain);
-    let src = root.join("2");
-    clone_dir(&plain, &src, Method::Reflink).unwrap();
+    let (plain, src) = subvolume_template(&root);
     let dst = root.join("3");
     fs::create_dir(&dst).unwrap();
     fs::write(dst.join("keep"), b"x").unwrap();
@@ -210,11 +214,24 @@ fn different_filesystems_cannot_share_extents() {
     fs::remove_dir_all(&xfs).unwrap();
 }
 
-/// `chattr +C` on an empty directory: files created in it inherit No_COW.
+/// `chattr +C` on `path`, which must be empty: an empty directory, whose
+/// new files then inherit No_COW, or an empty file.
+fn chattr_nocow(path: &Path) {
+    let ok = Command::new("chattr").arg("+C").arg(path).status().unwrap();
+    assert!(ok.success());
+}
+
 fn nocow_dir(dir: &Path) {
     fs::create_dir(dir).unwrap();
-    let ok = Command::new("chattr").arg("+C").arg(dir).status().unwrap();
-    assert!(ok.success());
+    chattr_nocow(dir);
+}
+
+/// A file with the No_COW attribute holding `data` (btrfs only sets it on
+/// empty files, so it is set before the data is written).
+fn nocow_file(file: &Path, data: &[u8]) {
+    fs::write(file, b"").unwrap();
+    chattr_nocow(file);
+    fs::write(file, data).unwrap();
 }
 
 #[test]
@@ -243,14 +260,7 @@ fn btrfs_one_nocow_file_among_others_is_named() {
     let src = root.join("1");
     make_template(&src);
     let nocow = src.join("16400");
-    fs::write(&nocow, b"").unwrap();
-    assert!(Command::new("chattr")
-        .arg("+C")
-        .arg(&nocow)
-        .status()
-        .unwrap()
-        .success());
-    fs::write(&nocow, vec![1u8; 8192]).unwrap();
+    nocow_file(&nocow, &[1u8; 8192]);
     let why = probe(&src, &root).unwrap().unwrap_err();
     assert!(
         why.reason.contains("16400") && why.reason.contains("No_COW"),
@@ -262,19 +272,9 @@ fn btrfs_one_nocow_file_among_others_is_named() {
 #[test]
 fn btrfs_subvolume_with_nocow_files_is_still_snapshotted() {
     let root = scratch("PG_BRANCH_TEST_BTRFS");
-    let plain = root.join("1");
-    make_template(&plain);
-    let src = root.join("2");
-    clone_dir(&plain, &src, Method::Reflink).unwrap();
+    let (_, src) = subvolume_template(&root);
     let nocow = src.join("16400");
-    fs::write(&nocow, b"").unwrap();
-    assert!(Command::new("chattr")
-        .arg("+C")
-        .arg(&nocow)
-        .status()
-        .unwrap()
-        .success());
-    fs::write(&nocow, vec![1u8; 8192]).unwrap();
+    nocow_file(&nocow, &[1u8; 8192]);
     assert_eq!(probe(&src, &root).unwrap(), Ok(Method::Snapshot));
     let dst = root.join("3");
     clone_dir(&src, &dst, Method::Snapshot).unwrap();
@@ -289,10 +289,7 @@ fn btrfs_subvolume_with_nocow_files_is_still_snapshotted() {
 fn a_subvolume_on_another_btrfs_filesystem_is_not_snapshotted() {
     let a = scratch("PG_BRANCH_TEST_BTRFS");
     let b = scratch("PG_BRANCH_TEST_BTRFS2");
-    let plain = a.join("1");
-    make_template(&plain);
-    let src = a.join("2");
-    clone_dir(&plain, &src, Method::Reflink).unwrap();
+    let (_, src) = subvolume_template(&a);
     let why = probe(&src, &b).unwrap().unwrap_err();
     assert!(why.reason.contains("different filesystems"), "{why}");
     remove_dir(&src).unwrap();
