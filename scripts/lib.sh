@@ -40,6 +40,9 @@ mount_ext4() { mount_image ext4 2G mkfs.ext4 -q; }
 fs_type() { stat -f -c %T "$1"; }
 
 # install_extension [--release]: build pg_branch and install it into PG 15.
+# The old library is unlinked first: cargo pgrx rewrites it in place, and a
+# server that has it mapped would die of SIGBUS; unlinked, it keeps its copy.
 install_extension() {
+    rm -f "$("$PG_CONFIG" --pkglibdir)/pg_branch.so"
     (cd "$REPO" && cargo pgrx install --pg-config "$PG_CONFIG" "$@") >&2
 }
