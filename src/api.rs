@@ -3,6 +3,8 @@
 use crate::branch;
 use crate::catalog;
 use crate::cleanup;
+use crate::convert;
+use crate::doctor;
 use crate::error;
 use crate::ffi;
 use pg_branch_storage::{fs_name, is_subvolume};
@@ -58,14 +60,15 @@ fn database_storage() -> TableIterator<
                 continue;
             }
             let (method, detail) = match &plan {
-                Ok(steps) => (
+                Ok(Ok(steps)) => (
                     steps
                         .iter()
                         .find(|s| s.src_tablespace == ts)
                         .map(|s| s.method.name().to_string()),
                     None,
                 ),
-                Err(why) => (None, Some(why.reason.clone())),
+                Ok(Err(why)) => (None, Some(why.reason.clone())),
+                Err(e) => (None, Some(e.to_string())),
             };
             out.push((
                 name.clone(),
@@ -155,13 +158,7 @@ fn remove_orphans() -> TableIterator<
         name!(bytes, i64),
     ),
 > {
-    // SAFETY: reads the current user's superuser flag.
-    if !unsafe { pg_sys::superuser() } {
-        error::error(
-            PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
-            "must be superuser to remove orphaned database directories",
-        );
-    }
+    require_superuser("remove orphaned database directories");
     let mut removed = Vec::new();
     for o in cleanup::orphans() {
         let bytes = dir_bytes(&o.path);
@@ -174,6 +171,110 @@ fn remove_orphans() -> TableIterator<
         removed.push((spcname(o.tablespace), o.path.display().to_string(), bytes));
     }
     TableIterator::new(removed)
+}
+
+/// Convert the directories of database `database` into btrfs subvolumes,
+/// online, so that its branches are O(1) snapshots (convert.rs). Nobody
+/// else may be connected to it; new connections wait until it is done.
+/// One row per directory of the database. Superuser only.
+#[pg_extern(volatile)]
+fn convert_to_subvolume(
+    database: &str,
+) -> TableIterator<
+    'static,
+    (
+        name!(tablespace, String),
+        name!(path, String),
+        name!(result, String),
+    ),
+> {
+    require_superuser("convert database directories");
+    let name = std::ffi::CString::new(database).unwrap_or_default();
+    let dirs = convert::database(&name).unwrap_or_else(|skipped| skipped.raise());
+    TableIterator::new(
+        dirs.into_iter()
+            .map(|d| (spcname(d.tablespace), d.path, d.result)),
+    )
+}
+
+/// `convert_to_subvolume()` for every database but the current one. A
+/// database that cannot be converted now (someone is connected) is
+/// reported, not raised, and the others are still converted. One row per
+/// directory, or per database skipped. Superuser only.
+#[pg_extern(volatile)]
+fn convert_all_to_subvolumes() -> TableIterator<
+    'static,
+    (
+        name!(datname, String),
+        name!(tablespace, Option<String>),
+        name!(path, Option<String>),
+        name!(result, String),
+    ),
+> {
+    require_superuser("convert database directories");
+    let names: Vec<String> = Spi::connect(|c| {
+        c.select(
+            "SELECT datname::text FROM pg_database WHERE datconnlimit <> -2 ORDER BY datname",
+            None,
+            &[],
+        )
+        .map(|rows| {
+            rows.filter_map(|r| r.get::<String>(1).ok().flatten())
+                .collect()
+        })
+        .unwrap_or_default()
+    });
+    let mut out = Vec::new();
+    for name in names {
+        let cname = std::ffi::CString::new(name.clone()).unwrap_or_default();
+        match convert::database(&cname) {
+            Ok(dirs) => out.extend(dirs.into_iter().map(|d| {
+                (
+                    name.clone(),
+                    Some(spcname(d.tablespace)),
+                    Some(d.path),
+                    d.result,
+                )
+            })),
+            Err(skipped) => {
+                let mut why = format!("skipped: {}", skipped.message);
+                if let Some(d) = skipped.detail.or(skipped.hint) {
+                    why = format!("{why} ({d})");
+                }
+                out.push((name, None, None, why));
+            }
+        }
+    }
+    TableIterator::new(out)
+}
+
+/// Check the set-up: one row per check, with its status (`ok`, `info`,
+/// `warning`, `error`), what was found, and what to do about it.
+#[pg_extern(volatile)]
+fn doctor() -> TableIterator<
+    'static,
+    (
+        name!(check, String),
+        name!(status, String),
+        name!(detail, String),
+        name!(hint, Option<String>),
+    ),
+> {
+    TableIterator::new(
+        doctor::run()
+            .into_iter()
+            .map(|c| (c.check, c.status.to_string(), c.detail, c.hint)),
+    )
+}
+
+fn require_superuser(what: &str) {
+    // SAFETY: reads the current user's superuser flag.
+    if !unsafe { pg_sys::superuser() } {
+        error::error(
+            PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+            format!("must be superuser to {what}"),
+        );
+    }
 }
 
 fn dir_bytes(dir: &std::path::Path) -> i64 {
@@ -199,7 +300,7 @@ fn modified(path: &std::path::Path) -> Option<TimestampWithTimeZone> {
     TimestampWithTimeZone::try_from(since_unix.as_micros() as i64 - pg_epoch).ok()
 }
 
-fn spcname(ts: pg_sys::Oid) -> String {
+pub fn spcname(ts: pg_sys::Oid) -> String {
     // SAFETY: returns a palloc'd name or NULL for a dropped tablespace.
     unsafe { ffi::cstring(pg_sys::get_tablespace_name(ts)) }
         .map(|c| c.to_string_lossy().into_owned())
@@ -211,9 +312,19 @@ extension_sql!(
 REVOKE ALL ON FUNCTION database_storage() FROM PUBLIC;
 REVOKE ALL ON FUNCTION orphans() FROM PUBLIC;
 REVOKE ALL ON FUNCTION remove_orphans() FROM PUBLIC;
+REVOKE ALL ON FUNCTION convert_to_subvolume(text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION convert_all_to_subvolumes() FROM PUBLIC;
+REVOKE ALL ON FUNCTION doctor() FROM PUBLIC;
 COMMENT ON FUNCTION database_storage() IS
   'Where each database directory lives and how pg_branch would branch it';
 "#,
     name = "revoke_database_storage",
-    requires = [database_storage, orphans, remove_orphans]
+    requires = [
+        database_storage,
+        orphans,
+        remove_orphans,
+        convert_to_subvolume,
+        convert_all_to_subvolumes,
+        doctor
+    ]
 );

@@ -29,7 +29,9 @@ pub struct CloneStep {
 
 /// Decide how each directory of database `src_db` (default tablespace
 /// `src_default`) is cloned when the new database's default tablespace is
-/// `dst_default`; or why it cannot be.
+/// `dst_default`; or why it cannot be (the inner error: the statement goes
+/// to core), or the filesystem error that stopped us from finding out (the
+/// outer error: the statement fails, as core's copy would).
 ///
 /// Like core's FILE_COPY, only tablespaces where the template has a
 /// non-empty directory are copied, and the template's default tablespace
@@ -38,7 +40,7 @@ pub fn plan(
     src_db: Oid,
     src_default: Oid,
     dst_default: Oid,
-) -> Result<Vec<CloneStep>, Unsupported> {
+) -> Result<Result<Vec<CloneStep>, Unsupported>, pg_branch_storage::Error> {
     let mut steps = Vec::new();
     for ts in catalog::tablespaces() {
         let src = ffi::database_path(src_db, ts);
@@ -47,14 +49,9 @@ pub fn plan(
         }
         let dst_tablespace = if ts == src_default { dst_default } else { ts };
         let dst_parent = catalog::tablespace_dir(dst_tablespace);
-        let method = match probe(&src, &dst_parent) {
-            Ok(Ok(m)) => m,
-            Ok(Err(why)) => return Err(why),
-            Err(e) => {
-                return Err(Unsupported {
-                    reason: format!("could not probe \"{}\": {e}", dst_parent.display()),
-                })
-            }
+        let method = match probe(&src, &dst_parent)? {
+            Ok(m) => m,
+            Err(why) => return Ok(Err(why)),
         };
         steps.push(CloneStep {
             src_tablespace: ts,
@@ -63,7 +60,7 @@ pub fn plan(
             method,
         });
     }
-    Ok(steps)
+    Ok(Ok(steps))
 }
 
 /// Core's `stat() && S_ISDIR && !directory_is_empty()`: a directory that
@@ -182,8 +179,9 @@ pub unsafe fn createdb(pstate: *mut pg_sys::ParseState, stmt: *const pg_sys::Cre
     // How to clone each directory, decided now that the template is
     // locked. The hook probed the same before handing us the statement, so
     // this fails only if the template moved in between.
-    let steps = plan(template.oid, template.tablespace, dst_tablespace).unwrap_or_else(|why| {
-        Report::new(
+    let steps = match plan(template.oid, template.tablespace, dst_tablespace) {
+        Ok(Ok(steps)) => steps,
+        Ok(Err(why)) => Report::new(
             PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
             format!(
                 "cannot branch database \"{}\"",
@@ -191,8 +189,11 @@ pub unsafe fn createdb(pstate: *mut pg_sys::ParseState, stmt: *const pg_sys::Cre
             ),
         )
         .detail(why.reason)
-        .error()
-    });
+        .error(),
+        // The filesystem failed us before anything was made: say where and
+        // why, as core's copy would, with nothing to clean up.
+        Err(e) => error(file_error_code(e.raw_os_error()), e.to_string()),
+    };
 
     // 4. Catalog row first, as core does. pg_database stays locked
     // RowExclusive until commit. The row is invisible to others until then,
@@ -238,7 +239,7 @@ pub unsafe fn createdb(pstate: *mut pg_sys::ParseState, stmt: *const pg_sys::Cre
         for step in &steps {
             if let Err(e) = presync(&step.src) {
                 error(
-                    file_error_code(&e),
+                    file_error_code(e.raw_os_error()),
                     format!(
                         "could not sync \"{}\" before branching it: {e}",
                         step.src.display()
@@ -664,22 +665,21 @@ fn clone_error(
     src: &std::path::Path,
     dst: &std::path::Path,
     method: Method,
-    e: std::io::Error,
+    e: pg_branch_storage::Error,
 ) -> ! {
-    error(
-        file_error_code(&e),
-        format!(
-            "could not {method} directory \"{}\" to \"{}\": {e}",
+    Report::new(file_error_code(e.raw_os_error()), e.to_string())
+        .detail(format!(
+            "Branching \"{}\" to \"{}\" by {method}.",
             src.display(),
             dst.display()
-        ),
-    )
+        ))
+        .error()
 }
 
 /// The SQLSTATE of a failed file operation, as core's
 /// `errcode_for_file_access()` classifies errno.
-fn file_error_code(e: &std::io::Error) -> PgSqlErrorCode {
-    match e.raw_os_error() {
+pub fn file_error_code(errno: Option<i32>) -> PgSqlErrorCode {
+    match errno {
         Some(libc::ENOSPC) => PgSqlErrorCode::ERRCODE_DISK_FULL,
         Some(libc::EACCES) | Some(libc::EPERM) | Some(libc::EROFS) => {
             PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE

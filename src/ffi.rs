@@ -41,6 +41,7 @@ mod raw {
 pub const CHECKPOINT_IMMEDIATE: c_int = 0x0004;
 pub const CHECKPOINT_FORCE: c_int = 0x0008;
 pub const CHECKPOINT_WAIT: c_int = 0x0020;
+pub const CHECKPOINT_FLUSH_ALL: c_int = 0x0010;
 
 /// Ask the checkpointer for a checkpoint with `flags`.
 pub fn request_checkpoint(flags: c_int) {

@@ -120,8 +120,11 @@ unsafe fn ours(stmt: *mut pg_sys::CreatedbStmt, top_level: bool) -> bool {
         },
     };
     match branch::plan(template.oid, template.tablespace, dst_tablespace) {
-        Ok(_) => true,
-        Err(why) if strategy == Strategy::Snapshot => Report::new(
+        Ok(Ok(_)) => true,
+        // A filesystem error: ours to report, after core's validation of
+        // the statement (branch::createdb plans again at core's point).
+        Err(_) => true,
+        Ok(Err(why)) if strategy == Strategy::Snapshot => Report::new(
             PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
             format!(
                 "cannot create database with STRATEGY SNAPSHOT from template \"{}\"",
@@ -131,7 +134,7 @@ unsafe fn ours(stmt: *mut pg_sys::CreatedbStmt, top_level: bool) -> bool {
         .detail(why.reason)
         .hint("Use STRATEGY WAL_LOG or FILE_COPY, or move the data directory to btrfs or XFS with reflink.")
         .error(),
-        Err(why) => {
+        Ok(Err(why)) => {
             Report::new(
                 PgSqlErrorCode::ERRCODE_SUCCESSFUL_COMPLETION,
                 format!(

@@ -11,6 +11,8 @@ mod api;
 mod branch;
 mod catalog;
 mod cleanup;
+mod convert;
+mod doctor;
 mod error;
 mod fence;
 mod ffi;

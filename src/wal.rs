@@ -44,6 +44,7 @@ use std::time::Duration;
 /// in one cluster cannot both load).
 pub const RMGR_ID: pg_sys::RmgrId = 128;
 const XLOG_BRANCH_CREATE: u8 = 0x00;
+const XLOG_BRANCH_CONVERT: u8 = 0x10;
 
 /// commands/dbcommands_xlog.h
 const XLOG_DBASE_CREATE_FILE_COPY: u8 = 0x00;
@@ -69,6 +70,15 @@ impl BranchRecord {
             _ => "reflink",
         }
     }
+}
+
+/// The directory `<tablespace_id>/<db_id>` was converted in place into a
+/// btrfs subvolume (convert.rs); its contents did not change.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct ConvertRecord {
+    db_id: Oid,
+    tablespace_id: Oid,
 }
 
 static mut RMGR: pg_sys::RmgrData = pg_sys::RmgrData {
@@ -135,6 +145,26 @@ pub fn log_create(
     }
 }
 
+/// Log that `<ts>/<db>` is now a subvolume; returns the end of the record.
+pub fn log_convert(db: Oid, ts: Oid) -> pg_sys::XLogRecPtr {
+    let mut rec = ConvertRecord {
+        db_id: db,
+        tablespace_id: ts,
+    };
+    // SAFETY: as in log_create.
+    unsafe {
+        pg_sys::XLogBeginInsert();
+        pg_sys::XLogRegisterData(
+            (&mut rec as *mut ConvertRecord).cast(),
+            std::mem::size_of::<ConvertRecord>() as _,
+        );
+        pg_sys::XLogInsert(
+            RMGR_ID,
+            XLOG_BRANCH_CONVERT | pg_sys::XLR_SPECIAL_REL_UPDATE as u8,
+        )
+    }
+}
+
 /// The full-page-image rule without a whole checkpoint: ask for an
 /// immediate checkpoint and wait only until it has *started* after `lsn`,
 /// that is, until the redo pointer has passed it. From then on the first
@@ -186,22 +216,29 @@ pub fn log_drop(db: Oid, tablespaces: &[Oid]) {
     }
 }
 
-/// The record's info bits and payload.
+/// A record's info bits and its payload read as `T`, if it is long enough.
 ///
 /// # Safety
 /// `record` must be the reader state the server passes to rm_* callbacks.
-unsafe fn decode(record: *mut pg_sys::XLogReaderState) -> (u8, Option<BranchRecord>) {
+unsafe fn decode<T: Copy>(record: *mut pg_sys::XLogReaderState) -> (u8, Option<T>) {
     let decoded = (*record).record;
     let info = (*decoded).header.xl_info & !(pg_sys::XLR_INFO_MASK as u8);
     let data = (*decoded).main_data;
-    let rec = ((*decoded).main_data_len as usize >= std::mem::size_of::<BranchRecord>())
-        .then(|| std::ptr::read_unaligned(data as *const BranchRecord));
+    let rec = ((*decoded).main_data_len as usize >= std::mem::size_of::<T>())
+        .then(|| std::ptr::read_unaligned(data as *const T));
     (info, rec)
 }
 
 #[pg_guard]
 unsafe extern "C-unwind" fn redo(record: *mut pg_sys::XLogReaderState) {
-    let (info, rec) = decode(record);
+    let info = decode::<u8>(record).0;
+    if info == XLOG_BRANCH_CONVERT {
+        if let (_, Some(rec)) = decode::<ConvertRecord>(record) {
+            crate::convert::redo(rec.db_id, rec.tablespace_id);
+            return;
+        }
+    }
+    let (info, rec) = decode::<BranchRecord>(record);
     let Some(rec) = rec.filter(|_| info == XLOG_BRANCH_CREATE) else {
         pgrx::ereport!(
             PANIC,
@@ -309,24 +346,34 @@ fn log(message: String) {
 
 #[pg_guard]
 unsafe extern "C-unwind" fn desc(buf: pg_sys::StringInfo, record: *mut pg_sys::XLogReaderState) {
-    if let (XLOG_BRANCH_CREATE, Some(r)) = decode(record) {
-        let text = format!(
+    let text = match decode::<BranchRecord>(record) {
+        (XLOG_BRANCH_CREATE, Some(r)) => format!(
             "branch dir {}/{} to {}/{} by {}",
             r.src_tablespace_id.to_u32(),
             r.src_db_id.to_u32(),
             r.tablespace_id.to_u32(),
             r.db_id.to_u32(),
             r.method()
-        );
-        let text = CString::new(text).expect("no NUL");
-        pg_sys::appendStringInfoString(buf, text.as_ptr());
-    }
+        ),
+        (XLOG_BRANCH_CONVERT, _) => match decode::<ConvertRecord>(record) {
+            (_, Some(r)) => format!(
+                "convert dir {}/{} to a subvolume",
+                r.tablespace_id.to_u32(),
+                r.db_id.to_u32()
+            ),
+            _ => return,
+        },
+        _ => return,
+    };
+    let text = CString::new(text).expect("no NUL");
+    pg_sys::appendStringInfoString(buf, text.as_ptr());
 }
 
 #[pg_guard]
 unsafe extern "C-unwind" fn identify(info: u8) -> *const c_char {
     match info & !(pg_sys::XLR_INFO_MASK as u8) {
         XLOG_BRANCH_CREATE => c"BRANCH_CREATE".as_ptr(),
+        XLOG_BRANCH_CONVERT => c"BRANCH_CONVERT".as_ptr(),
         _ => std::ptr::null(),
     }
 }

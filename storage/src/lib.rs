@@ -79,12 +79,15 @@ impl fmt::Display for Unsupported {
 /// same filesystem (FICLONE refuses with `EXDEV` otherwise). Files with
 /// btrfs's No_COW attribute cannot be reflinked, so any such file makes the
 /// reflink path unsupported, with a reason that names it.
-pub fn probe(src: &Path, dst_parent: &Path) -> io::Result<Result<Method, Unsupported>> {
+pub fn probe(src: &Path, dst_parent: &Path) -> Result<Result<Method, Unsupported>, Error> {
     // A subvolume snapshots whole, whatever its files' attributes, into any
     // directory of the same btrfs filesystem.
-    if btrfs::is_subvolume(src)?
-        && btrfs::is_btrfs(dst_parent)?
-        && btrfs::fsid(src)? == btrfs::fsid(dst_parent)?
+    let stat_src = Error::at("stat", src);
+    let stat_dst = Error::at("stat", dst_parent);
+    if btrfs::is_subvolume(src).map_err(stat_src)?
+        && btrfs::is_btrfs(dst_parent).map_err(stat_dst)?
+        && btrfs::fsid(src).map_err(Error::at("stat", src))?
+            == btrfs::fsid(dst_parent).map_err(Error::at("stat", dst_parent))?
     {
         return Ok(Ok(Method::Snapshot));
     }
@@ -92,35 +95,57 @@ pub fn probe(src: &Path, dst_parent: &Path) -> io::Result<Result<Method, Unsuppo
         let reason = format!("\"{}\" has no file to clone", src.display());
         return Ok(Err(Unsupported { reason }));
     };
-    if let Err(e) = reflink::probe(&sample, dst_parent) {
-        let fs = fs_name(dst_parent).unwrap_or("unknown");
+    let fs = fs_name(dst_parent).unwrap_or("unknown");
+    let cannot_clone = || Unsupported {
+        reason: format!(
+            "the {fs} filesystem of \"{}\" cannot clone files",
+            dst_parent.display()
+        ),
+    };
+    let from = File::open(&sample).map_err(Error::at("open file", &sample))?;
+    let to = match reflink::tmpfile(dst_parent) {
+        Ok(f) => f,
+        // No O_TMPFILE (older NFS, some FUSE filesystems): no reflinks either.
+        Err(e)
+            if matches!(
+                e.raw_os_error(),
+                Some(libc::EOPNOTSUPP) | Some(libc::EISDIR)
+            ) =>
+        {
+            return Ok(Err(cannot_clone()))
+        }
+        Err(e) => return Err(Error::at("create a file in", dst_parent)(e)),
+    };
+    if let Err(e) = reflink::ficlone(&from, &to) {
         let reason = match e.raw_os_error() {
             Some(libc::EXDEV) => format!(
                 "\"{}\" and \"{}\" are on different filesystems",
                 src.display(),
                 dst_parent.display()
             ),
-            Some(libc::EINVAL) if reflink::is_nocow(&sample)? => nocow_reason(&sample),
+            Some(libc::EINVAL) if reflink::is_nocow(&sample).unwrap_or(false) => {
+                nocow_reason(&sample)
+            }
             Some(libc::EOPNOTSUPP)
             | Some(libc::ENOTTY)
             | Some(libc::EINVAL)
-            | Some(libc::ENOSYS) => {
-                format!(
-                    "the {fs} filesystem of \"{}\" cannot clone files",
-                    dst_parent.display()
-                )
-            }
-            _ => return Err(e),
+            | Some(libc::ENOSYS) => cannot_clone().reason,
+            _ => return Err(Error::at("reflink file", &sample)(e)),
         };
         return Ok(Err(Unsupported { reason }));
     }
     // The sample reflinked; a No_COW file elsewhere in the directory would
     // still fail halfway through the clone, so look for one now.
-    for entry in fs::read_dir(src)? {
-        let entry = entry?;
-        if entry.file_type()?.is_file() && reflink::is_nocow(&entry.path()).unwrap_or(false) {
+    for entry in read_dir(src)? {
+        let entry = entry.map_err(Error::at("read directory", src))?;
+        let path = entry.path();
+        let is_file = entry
+            .file_type()
+            .map_err(Error::at("stat", &path))?
+            .is_file();
+        if is_file && reflink::is_nocow(&path).unwrap_or(false) {
             return Ok(Err(Unsupported {
-                reason: nocow_reason(&entry.path()),
+                reason: nocow_reason(&path),
             }));
         }
     }
@@ -133,6 +158,50 @@ fn nocow_reason(file: &Path) -> String {
          a database directory that is a btrfs subvolume can still be snapshotted",
         file.display()
     )
+}
+
+/// A failed filesystem operation, with the path it failed on: what users
+/// need to see ("could not reflink file \"…/16384\": No space left on
+/// device"), and the errno the server maps to a SQLSTATE.
+#[derive(Debug)]
+pub struct Error {
+    /// What was being done, as a verb phrase: "reflink file", "create directory".
+    pub op: &'static str,
+    pub path: PathBuf,
+    pub source: io::Error,
+}
+
+impl Error {
+    fn at(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> Error {
+        let path = path.to_path_buf();
+        move |source| Error { op, path, source }
+    }
+
+    pub fn raw_os_error(&self) -> Option<i32> {
+        self.source.raw_os_error()
+    }
+
+    pub fn kind(&self) -> io::ErrorKind {
+        self.source.kind()
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "could not {} \"{}\": {}",
+            self.op,
+            self.path.display(),
+            self.source
+        )
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.source)
+    }
 }
 
 /// What [`clone_dir`] did.
@@ -156,49 +225,37 @@ pub struct Cloned {
 ///
 /// On error a partly built `dst` may remain; the caller removes it with
 /// [`remove_dir`] (pg_branch's error cleanup does).
-pub fn clone_dir(src: &Path, dst: &Path, method: Method) -> io::Result<Cloned> {
-    let parent = parent_of(dst)?;
+pub fn clone_dir(src: &Path, dst: &Path, method: Method) -> Result<Cloned, Error> {
+    let parent = parent_of(dst);
     let mut skipped_temp_files = 0;
     let mut files = 0;
     match method {
         Method::Snapshot => {
-            btrfs::snapshot(src, dst)?;
+            btrfs::snapshot(src, dst).map_err(Error::at("snapshot into", dst))?;
             // The snapshot is an exact image, temp files included: drop them.
-            for entry in fs::read_dir(dst)? {
-                let entry = entry?;
+            for entry in read_dir(dst)? {
+                let entry = entry.map_err(Error::at("read directory", dst))?;
+                let path = entry.path();
                 if looks_like_temp_rel_name(&entry.file_name()) {
-                    fs::remove_file(entry.path())?;
+                    fs::remove_file(&path).map_err(Error::at("remove file", &path))?;
                     skipped_temp_files += 1;
-                } else if entry.file_type()?.is_file() {
+                } else if entry
+                    .file_type()
+                    .map_err(Error::at("stat", &path))?
+                    .is_file()
+                {
                     files += 1;
                 }
             }
         }
         Method::Reflink => {
-            if btrfs::is_btrfs(&parent)? {
-                btrfs::create_subvolume(dst)?;
+            let on_btrfs = btrfs::is_btrfs(&parent).map_err(Error::at("stat", &parent))?;
+            if on_btrfs {
+                btrfs::create_subvolume(dst).map_err(Error::at("create subvolume", dst))?;
             } else {
-                fs::create_dir(dst)?;
+                fs::create_dir(dst).map_err(Error::at("create directory", dst))?;
             }
-            for entry in fs::read_dir(src)? {
-                let entry = entry?;
-                let name = entry.file_name();
-                if looks_like_temp_rel_name(&name) {
-                    skipped_temp_files += 1;
-                    continue;
-                }
-                if !entry.file_type()?.is_file() {
-                    continue;
-                }
-                match reflink::clone_file(&entry.path(), &dst.join(&name)) {
-                    Ok(()) => files += 1,
-                    // A file that vanished between readdir and open was a
-                    // dropped relation whose unlink the checkpointer had
-                    // deferred: it is not part of the database.
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                    Err(e) => return Err(e),
-                }
-            }
+            files = reflink_files(src, dst, &mut skipped_temp_files)?;
         }
     }
     fsync_path(dst)?;
@@ -208,6 +265,149 @@ pub fn clone_dir(src: &Path, dst: &Path, method: Method) -> io::Result<Cloned> {
         skipped_temp_files,
         files,
     })
+}
+
+/// Reflink every regular file of `src` but temporary relations into the
+/// existing directory `dst`; returns how many were cloned.
+fn reflink_files(src: &Path, dst: &Path, skipped_temp_files: &mut usize) -> Result<usize, Error> {
+    let mut files = 0;
+    for entry in read_dir(src)? {
+        let entry = entry.map_err(Error::at("read directory", src))?;
+        let name = entry.file_name();
+        let from = entry.path();
+        if looks_like_temp_rel_name(&name) {
+            *skipped_temp_files += 1;
+            continue;
+        }
+        if !entry
+            .file_type()
+            .map_err(Error::at("stat", &from))?
+            .is_file()
+        {
+            continue;
+        }
+        match reflink::clone_file(&from, &dst.join(&name)) {
+            Ok(()) => files += 1,
+            // A file that vanished between readdir and open was a
+            // dropped relation whose unlink the checkpointer had
+            // deferred: it is not part of the database.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e)
+                if e.raw_os_error() == Some(libc::EINVAL)
+                    && reflink::is_nocow(&from).unwrap_or(false) =>
+            {
+                return Err(Error {
+                    op: "reflink file",
+                    path: from.clone(),
+                    source: io::Error::new(io::ErrorKind::Unsupported, nocow_reason(&from)),
+                })
+            }
+            Err(e) => return Err(Error::at("reflink file", &from)(e)),
+        }
+    }
+    Ok(files)
+}
+
+/// What [`convert_to_subvolume`] found or did.
+#[derive(Debug)]
+pub enum Converted {
+    /// The directory was a subvolume already; nothing was done.
+    AlreadySubvolume,
+    /// The directory is now a subvolume holding reflinks of its `files`
+    /// files. `left_behind` says why the old directory, now named
+    /// `<dir>.pg_branch_convert`, could not be removed, if it could not.
+    Converted {
+        files: usize,
+        left_behind: Option<Error>,
+    },
+}
+
+/// Suffix of the subvolume [`convert_to_subvolume`] builds next to the
+/// directory it converts; a crash can leave one behind, and the next
+/// conversion removes it.
+pub const CONVERT_SUFFIX: &str = "pg_branch_convert";
+
+/// Turn the plain directory `dir`, on btrfs, into a subvolume with the same
+/// name and the same files, so that it can be snapshotted in O(1).
+///
+/// The new subvolume is built next to `dir` under `<dir>.pg_branch_convert`
+/// by reflinks (no data is copied), made durable, then swapped with `dir`
+/// in one `renameat2(RENAME_EXCHANGE)`, so `dir` names a complete directory
+/// at every instant, whatever crashes. The old directory, now under the
+/// temporary name, is then removed.
+///
+/// The caller must keep every writer out of `dir` for the duration: files
+/// written to the old directory after their reflink would be lost.
+pub fn convert_to_subvolume(dir: &Path) -> Result<Converted, Error> {
+    // A conversion interrupted by a crash may have left the temporary
+    // subvolume, or (after the swap) the old directory, under this name.
+    let tmp = dir.with_extension(CONVERT_SUFFIX);
+    remove_dir(&tmp).map_err(Error::at("remove", &tmp))?;
+    if btrfs::is_subvolume(dir).map_err(Error::at("stat", dir))? {
+        return Ok(Converted::AlreadySubvolume);
+    }
+    if !btrfs::is_btrfs(dir).map_err(Error::at("stat", dir))? {
+        return Err(Error {
+            op: "convert",
+            path: dir.to_path_buf(),
+            source: io::Error::new(io::ErrorKind::Unsupported, "only btrfs has subvolumes"),
+        });
+    }
+    btrfs::create_subvolume(&tmp).map_err(Error::at("create subvolume", &tmp))?;
+    let built = reflink_files(dir, &tmp, &mut 0).and_then(|files| {
+        fsync_path(&tmp)?;
+        exchange(dir, &tmp)?;
+        fsync_path(&parent_of(dir))?;
+        Ok(files)
+    });
+    match built {
+        Ok(files) => {
+            // `tmp` now names the old plain directory. The conversion is
+            // done whether or not it can be removed.
+            let left_behind = remove_dir(&tmp).map_err(Error::at("remove", &tmp)).err();
+            Ok(Converted::Converted { files, left_behind })
+        }
+        Err(e) => {
+            // Not swapped: `dir` is untouched; drop the partial subvolume.
+            let _ = remove_dir(&tmp);
+            Err(e)
+        }
+    }
+}
+
+/// Atomically swap the directory entries `a` and `b` (same parent).
+fn exchange(a: &Path, b: &Path) -> Result<(), Error> {
+    let ca = cpath(a)?;
+    let cb = cpath(b)?;
+    // SAFETY: both are NUL-terminated paths that outlive the call.
+    let rc = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            ca.as_ptr(),
+            libc::AT_FDCWD,
+            cb.as_ptr(),
+            libc::RENAME_EXCHANGE,
+        )
+    };
+    if rc != 0 {
+        return Err(Error::at("swap in the subvolume built for", a)(
+            io::Error::last_os_error(),
+        ));
+    }
+    Ok(())
+}
+
+fn cpath(p: &Path) -> Result<std::ffi::CString, Error> {
+    use std::os::unix::ffi::OsStrExt;
+    std::ffi::CString::new(p.as_os_str().as_bytes()).map_err(|_| Error {
+        op: "use path",
+        path: p.to_path_buf(),
+        source: io::Error::from(io::ErrorKind::InvalidInput),
+    })
+}
+
+fn read_dir(dir: &Path) -> Result<fs::ReadDir, Error> {
+    fs::read_dir(dir).map_err(Error::at("read directory", dir))
 }
 
 /// Write the dirty data of the filesystem holding `dir` to disk
@@ -241,13 +441,123 @@ pub fn remove_dir(dir: &Path) -> io::Result<()> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
         Err(e) => return Err(e),
     }
-    fsync_path(&parent_of(dir)?)
+    File::open(parent_of(dir))?.sync_all()
 }
 
 /// Whether `dir` is the root of a btrfs subvolume (so branches of it are
 /// snapshots).
 pub fn is_subvolume(dir: &Path) -> io::Result<bool> {
     btrfs::is_subvolume(dir)
+}
+
+/// Whether files can be reflinked within the directory `dir`: a 4 kB
+/// anonymous file is written there and cloned into another one. Nothing is
+/// left behind. For diagnosis (pg_branch's `doctor()`); branches use
+/// [`probe`], which tests the real source and target.
+pub fn can_reflink_in(dir: &Path) -> Result<Result<(), Unsupported>, Error> {
+    use std::io::Write;
+    let mut from = match reflink::tmpfile(dir) {
+        Ok(f) => f,
+        Err(e)
+            if matches!(
+                e.raw_os_error(),
+                Some(libc::EOPNOTSUPP) | Some(libc::EISDIR)
+            ) =>
+        {
+            return Ok(Err(Unsupported {
+                reason: format!("\"{}\" does not support O_TMPFILE", dir.display()),
+            }))
+        }
+        Err(e) => return Err(Error::at("create a file in", dir)(e)),
+    };
+    from.write_all(&[0x5a; 4096])
+        .and_then(|_| from.sync_all())
+        .map_err(Error::at("write a file in", dir))?;
+    let to = reflink::tmpfile(dir).map_err(Error::at("create a file in", dir))?;
+    match reflink::ficlone(&from, &to) {
+        Ok(()) => Ok(Ok(())),
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) && reflink::is_nocow(dir).unwrap_or(false) => {
+            Ok(Err(Unsupported {
+                reason: format!(
+                    "\"{}\" has the No_COW attribute (chattr +C): files created in it cannot be reflinked",
+                    dir.display()
+                ),
+            }))
+        }
+        Err(e)
+            if matches!(
+                e.raw_os_error(),
+                Some(libc::EOPNOTSUPP) | Some(libc::ENOTTY) | Some(libc::EINVAL) | Some(libc::ENOSYS)
+            ) =>
+        {
+            Ok(Err(Unsupported {
+                reason: format!(
+                    "the {} filesystem of \"{}\" cannot clone files",
+                    fs_name(dir).unwrap_or("unknown"),
+                    dir.display()
+                ),
+            }))
+        }
+        Err(e) => Err(Error::at("reflink a file in", dir)(e)),
+    }
+}
+
+/// Whether `path` (a file or directory) has btrfs's No_COW attribute.
+pub fn is_nocow(path: &Path) -> io::Result<bool> {
+    reflink::is_nocow(path)
+}
+
+/// The mount point and mount options of the filesystem holding `path`
+/// (both the per-mount and the filesystem's own options), from
+/// `/proc/self/mountinfo`.
+pub fn mount_options(path: &Path) -> io::Result<(PathBuf, String)> {
+    let path = fs::canonicalize(path)?;
+    let info = fs::read_to_string("/proc/self/mountinfo")?;
+    let mut best: Option<(PathBuf, String)> = None;
+    for line in info.lines() {
+        // id parent major:minor root mountpoint options [optional...] - fstype source superoptions
+        let fields: Vec<&str> = line.split(' ').collect();
+        let Some(dash) = fields.iter().position(|f| *f == "-") else {
+            continue;
+        };
+        if fields.len() < 6 || fields.len() < dash + 4 {
+            continue;
+        }
+        let mountpoint = PathBuf::from(unescape_mountinfo(fields[4]));
+        if !path.starts_with(&mountpoint) {
+            continue;
+        }
+        // Later lines are mounted over earlier ones; the longest prefix wins.
+        if best
+            .as_ref()
+            .is_none_or(|(m, _)| mountpoint.as_os_str().len() >= m.as_os_str().len())
+        {
+            let options = format!("{},{}", fields[5], fields[dash + 3]);
+            best = Some((mountpoint, options));
+        }
+    }
+    best.ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "not in /proc/self/mountinfo"))
+}
+
+/// mountinfo escapes space, tab, newline and backslash as `\ooo`.
+fn unescape_mountinfo(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
+            let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
+            out.push(v);
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Name of the filesystem holding `path`, for messages.
@@ -305,30 +615,34 @@ pub fn looks_like_temp_rel_name(name: &OsStr) -> bool {
 
 /// Any regular file of `dir` to probe reflinks with; `PG_VERSION` exists
 /// in every database directory, so it is tried first.
-fn sample_file(dir: &Path) -> io::Result<Option<PathBuf>> {
+fn sample_file(dir: &Path) -> Result<Option<PathBuf>, Error> {
     let pg_version = dir.join("PG_VERSION");
     if pg_version.is_file() {
         return Ok(Some(pg_version));
     }
-    for entry in fs::read_dir(dir)? {
-        let entry = entry?;
-        if entry.file_type()?.is_file() && entry.metadata()?.size() > 0 {
-            return Ok(Some(entry.path()));
+    for entry in read_dir(dir)? {
+        let entry = entry.map_err(Error::at("read directory", dir))?;
+        let path = entry.path();
+        let meta = entry.metadata().map_err(Error::at("stat", &path))?;
+        if meta.is_file() && meta.size() > 0 {
+            return Ok(Some(path));
         }
     }
     Ok(None)
 }
 
-fn parent_of(path: &Path) -> io::Result<PathBuf> {
+fn parent_of(path: &Path) -> PathBuf {
     match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => Ok(p.to_path_buf()),
-        _ => Ok(PathBuf::from(".")),
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
     }
 }
 
 /// fsync a file or directory by path.
-fn fsync_path(path: &Path) -> io::Result<()> {
-    File::open(path)?.sync_all()
+fn fsync_path(path: &Path) -> Result<(), Error> {
+    File::open(path)
+        .and_then(|f| f.sync_all())
+        .map_err(Error::at("fsync", path))
 }
 
 #[cfg(test)]

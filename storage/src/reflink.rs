@@ -10,7 +10,7 @@ use std::path::Path;
 /// `_IOW(0x94, 9, int)` from `linux/fs.h`.
 const FICLONE: u64 = (1 << 30) | (4 << 16) | (0x94 << 8) | 9;
 
-fn ficlone(src: &File, dst: &File) -> io::Result<()> {
+pub fn ficlone(src: &File, dst: &File) -> io::Result<()> {
     // SAFETY: both descriptors are open for the duration of the call;
     // FICLONE takes the source descriptor by value and writes nothing to
     // user memory.
@@ -55,15 +55,13 @@ pub fn clone_file(src: &Path, dst: &Path) -> io::Result<()> {
     to.sync_all()
 }
 
-/// Reflink `sample` into an anonymous `O_TMPFILE` in `dir`: succeeds iff
-/// files of `sample`'s filesystem can be cloned into `dir`. The temporary
-/// file has no name and disappears on close, so nothing is left behind.
-pub fn probe(sample: &Path, dir: &Path) -> io::Result<()> {
-    let from = File::open(sample)?;
-    let to = OpenOptions::new()
+/// An anonymous `O_TMPFILE` in `dir`, to probe reflinks with: it has no
+/// name and disappears on close, so probing leaves nothing behind.
+pub fn tmpfile(dir: &Path) -> io::Result<File> {
+    OpenOptions::new()
+        .read(true)
         .write(true)
         .custom_flags(libc::O_TMPFILE)
         .mode(0o600)
-        .open(dir)?;
-    ficlone(&from, &to)
+        .open(dir)
 }

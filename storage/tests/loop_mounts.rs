@@ -5,7 +5,10 @@
 //! A test whose filesystem is not named fails: a silently skipped storage
 //! test would prove nothing.
 
-use pg_branch_storage::{clone_dir, is_subvolume, probe, remove_dir, Method};
+use pg_branch_storage::{
+    can_reflink_in, clone_dir, convert_to_subvolume, is_subvolume, mount_options, probe,
+    remove_dir, Converted, Method,
+};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -295,4 +298,82 @@ fn a_subvolume_on_another_btrfs_filesystem_is_not_snapshotted() {
     remove_dir(&src).unwrap();
     fs::remove_dir_all(&a).unwrap();
     fs::remove_dir_all(&b).unwrap();
+}
+
+#[test]
+fn btrfs_plain_directory_is_converted_in_place_to_a_subvolume() {
+    let root = scratch("PG_BRANCH_TEST_BTRFS");
+    let dir = root.join("1");
+    make_template(&dir);
+    let before = root.join("before");
+    fs::create_dir(&before).unwrap();
+    for f in ["PG_VERSION", "16384", "16384.1", "16384_fsm"] {
+        fs::copy(dir.join(f), before.join(f)).unwrap();
+    }
+    // What a crash in the middle of an earlier conversion leaves.
+    let stale = root.join("1.pg_branch_convert");
+    fs::create_dir(&stale).unwrap();
+    fs::write(stale.join("junk"), b"x").unwrap();
+
+    match convert_to_subvolume(&dir).unwrap() {
+        Converted::Converted { files, left_behind } => {
+            assert_eq!(files, 4);
+            assert!(left_behind.is_none(), "{left_behind:?}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(is_subvolume(&dir).unwrap());
+    assert_same_except_temp(&before, &dir);
+    assert!(!stale.exists(), "the stale temporary directory is gone");
+    // Its branches are now snapshots; converting again does nothing.
+    assert_eq!(probe(&dir, &root).unwrap(), Ok(Method::Snapshot));
+    assert!(matches!(
+        convert_to_subvolume(&dir).unwrap(),
+        Converted::AlreadySubvolume
+    ));
+    remove_dir(&dir).unwrap();
+    fs::remove_dir_all(&root).unwrap();
+}
+
+#[test]
+fn only_btrfs_directories_can_become_subvolumes() {
+    for var in ["PG_BRANCH_TEST_XFS", "PG_BRANCH_TEST_EXT4"] {
+        let root = scratch(var);
+        let dir = root.join("1");
+        make_template(&dir);
+        let err = convert_to_subvolume(&dir).unwrap_err();
+        assert!(err.to_string().contains("only btrfs"), "{err}");
+        assert_eq!(fs::read_dir(&dir).unwrap().count(), 5, "left untouched");
+        fs::remove_dir_all(&root).unwrap();
+    }
+}
+
+#[test]
+fn reflink_support_of_a_directory_is_diagnosed() {
+    for var in ["PG_BRANCH_TEST_BTRFS", "PG_BRANCH_TEST_XFS"] {
+        let root = scratch(var);
+        assert_eq!(can_reflink_in(&root).unwrap(), Ok(()), "{var}");
+        assert_eq!(fs::read_dir(&root).unwrap().count(), 0, "nothing left");
+        fs::remove_dir_all(&root).unwrap();
+    }
+    let root = scratch("PG_BRANCH_TEST_EXT4");
+    let why = can_reflink_in(&root).unwrap().unwrap_err();
+    assert!(why.reason.contains("ext4"), "{why}");
+    fs::remove_dir_all(&root).unwrap();
+
+    let root = scratch("PG_BRANCH_TEST_BTRFS");
+    let nocow = root.join("nocow");
+    nocow_dir(&nocow);
+    let why = can_reflink_in(&nocow).unwrap().unwrap_err();
+    assert!(why.reason.contains("No_COW"), "{why}");
+    fs::remove_dir_all(&root).unwrap();
+}
+
+#[test]
+fn mount_options_are_those_of_the_innermost_mount() {
+    let root = scratch("PG_BRANCH_TEST_XFS");
+    let (mountpoint, options) = mount_options(&root).unwrap();
+    assert_eq!(mountpoint, mount("PG_BRANCH_TEST_XFS"));
+    assert!(options.split(',').any(|o| o == "rw"), "{options}");
+    fs::remove_dir_all(&root).unwrap();
 }
