@@ -453,7 +453,9 @@ pub fn is_subvolume(dir: &Path) -> io::Result<bool> {
 /// Whether files can be reflinked within the directory `dir`: a 4 kB
 /// anonymous file is written there and cloned into another one. Nothing is
 /// left behind. For diagnosis (pg_branch's `doctor()`); branches use
-/// [`probe`], which tests the real source and target.
+/// [`probe`], which tests the real source and target. (In a No_COW
+/// directory both test files are No_COW, which btrfs does clone: callers
+/// check [`is_nocow`] on the directory themselves.)
 pub fn can_reflink_in(dir: &Path) -> Result<Result<(), Unsupported>, Error> {
     use std::io::Write;
     let mut from = match reflink::tmpfile(dir) {

@@ -360,13 +360,6 @@ fn reflink_support_of_a_directory_is_diagnosed() {
     let why = can_reflink_in(&root).unwrap().unwrap_err();
     assert!(why.reason.contains("ext4"), "{why}");
     fs::remove_dir_all(&root).unwrap();
-
-    let root = scratch("PG_BRANCH_TEST_BTRFS");
-    let nocow = root.join("nocow");
-    nocow_dir(&nocow);
-    let why = can_reflink_in(&nocow).unwrap().unwrap_err();
-    assert!(why.reason.contains("No_COW"), "{why}");
-    fs::remove_dir_all(&root).unwrap();
 }
 
 #[test]
