@@ -7,7 +7,7 @@ use crate::convert;
 use crate::doctor;
 use crate::error;
 use crate::ffi;
-use pg_branch_storage::{fs_name, is_subvolume};
+use pg_branch_storage::{errno_text, fs_name, is_subvolume};
 use pgrx::prelude::*;
 
 /// One row per database directory: where it lives, on which filesystem,
@@ -165,7 +165,11 @@ fn remove_orphans() -> TableIterator<
         if let Err(e) = cleanup::remove_orphan(&o) {
             error::error(
                 PgSqlErrorCode::ERRCODE_IO_ERROR,
-                format!("could not remove directory \"{}\": {e}", o.path.display()),
+                format!(
+                    "could not remove directory \"{}\": {}",
+                    o.path.display(),
+                    errno_text(&e)
+                ),
             );
         }
         removed.push((spcname(o.tablespace), o.path.display().to_string(), bytes));
@@ -254,7 +258,7 @@ fn convert_all_to_subvolumes() -> TableIterator<
 fn doctor() -> TableIterator<
     'static,
     (
-        name!(check, String),
+        name!(item, String),
         name!(status, String),
         name!(detail, String),
         name!(hint, Option<String>),

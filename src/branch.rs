@@ -10,7 +10,7 @@ use crate::fence::Fence;
 use crate::ffi;
 use crate::options::CreatedbOptions;
 use crate::wal;
-use pg_branch_storage::{clone_dir, presync, probe, Method, Unsupported};
+use pg_branch_storage::{clone_dir, errno_text, presync, probe, Method, Unsupported};
 use pgrx::pg_sys::{self, Oid};
 use pgrx::prelude::*;
 use std::ffi::{CStr, CString};
@@ -241,8 +241,9 @@ pub unsafe fn createdb(pstate: *mut pg_sys::ParseState, stmt: *const pg_sys::Cre
                 error(
                     file_error_code(e.raw_os_error()),
                     format!(
-                        "could not sync \"{}\" before branching it: {e}",
-                        step.src.display()
+                        "could not sync \"{}\" before branching it: {}",
+                        step.src.display(),
+                        errno_text(&e)
                     ),
                 );
             }

@@ -15,7 +15,7 @@
 use crate::catalog;
 use crate::error::Report;
 use crate::wal;
-use pg_branch_storage::remove_dir;
+use pg_branch_storage::{errno_text, remove_dir};
 use pgrx::pg_sys::{self, Oid};
 use pgrx::prelude::*;
 use pgrx::PgTryBuilder;
@@ -102,7 +102,11 @@ fn remove_created() {
         if let Err(e) = remove_dir(&d.path) {
             Report::new(
                 PgSqlErrorCode::ERRCODE_IO_ERROR,
-                format!("could not remove directory \"{}\": {e}", d.path.display()),
+                format!(
+                    "could not remove directory \"{}\": {}",
+                    d.path.display(),
+                    errno_text(&e)
+                ),
             )
             .hint("List and remove orphaned branch directories once the cause is fixed.")
             .warning();

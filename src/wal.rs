@@ -33,7 +33,7 @@
 
 use crate::ffi;
 use crate::gucs;
-use pg_branch_storage::{clone_dir, probe, remove_dir, Method};
+use pg_branch_storage::{clone_dir, errno_text, probe, remove_dir, Method};
 use pgrx::pg_sys::{self, Oid};
 use pgrx::prelude::*;
 use std::ffi::{c_char, CString};
@@ -277,7 +277,11 @@ unsafe extern "C-unwind" fn redo(record: *mut pg_sys::XLogReaderState) {
         pgrx::ereport!(
             ERROR,
             PgSqlErrorCode::ERRCODE_IO_ERROR,
-            format!("could not create \"{}\": {e}", parent.display())
+            format!(
+                "could not create \"{}\": {}",
+                parent.display(),
+                errno_text(&e)
+            )
         );
     }
     // Build under a temporary name and rename into place, so that a crash
@@ -315,9 +319,10 @@ unsafe extern "C-unwind" fn redo(record: *mut pg_sys::XLogReaderState) {
             ERROR,
             PgSqlErrorCode::ERRCODE_IO_ERROR,
             format!(
-                "could not rename \"{}\" to \"{}\": {e}",
+                "could not rename \"{}\" to \"{}\": {}",
                 tmp.display(),
-                dst.display()
+                dst.display(),
+                errno_text(&e)
             )
         );
     }
@@ -335,7 +340,7 @@ fn remove_or_fail(dir: &std::path::Path) {
         pgrx::ereport!(
             ERROR,
             PgSqlErrorCode::ERRCODE_IO_ERROR,
-            format!("could not remove \"{}\": {e}", dir.display())
+            format!("could not remove \"{}\": {}", dir.display(), errno_text(&e))
         );
     }
 }

@@ -193,8 +193,21 @@ impl fmt::Display for Error {
             "could not {} \"{}\": {}",
             self.op,
             self.path.display(),
-            self.source
+            errno_text(&self.source)
         )
+    }
+}
+
+/// `strerror()` of an OS error, without Rust's " (os error N)" suffix, so
+/// messages read like the server's own `%m`.
+pub fn errno_text(e: &io::Error) -> String {
+    match e.raw_os_error() {
+        // SAFETY: glibc's strerror returns a NUL-terminated string that
+        // stays valid: static for known errnos, thread-local otherwise.
+        Some(n) => unsafe { std::ffi::CStr::from_ptr(libc::strerror(n)) }
+            .to_string_lossy()
+            .into_owned(),
+        None => e.to_string(),
     }
 }
 
@@ -534,7 +547,13 @@ pub fn mount_options(path: &Path) -> io::Result<(PathBuf, String)> {
             .as_ref()
             .is_none_or(|(m, _)| mountpoint.as_os_str().len() >= m.as_os_str().len())
         {
-            let options = format!("{},{}", fields[5], fields[dash + 3]);
+            let mut options: Vec<&str> = Vec::new();
+            for o in fields[5].split(',').chain(fields[dash + 3].split(',')) {
+                if !options.contains(&o) {
+                    options.push(o);
+                }
+            }
+            let options = options.join(",");
             best = Some((mountpoint, options));
         }
     }
