@@ -219,6 +219,46 @@ def test_standby_with_pg_branch_gets_copy_on_write_branches(primary):
             primary.sql(f"DROP DATABASE IF EXISTS {db}")
 
 
+def test_conversion_to_a_subvolume_is_replayed_by_a_standby(primary):
+    primary.sql("DROP DATABASE IF EXISTS conv")
+    primary.sql("DROP DATABASE IF EXISTS conv_b")
+    primary.sql("CREATE DATABASE conv TEMPLATE tpl STRATEGY wal_log")  # a plain directory
+    oid = primary.one("SELECT oid FROM pg_database WHERE datname = 'conv'")
+    standby = make_standby(primary, mount("PG_BRANCH_TEST_BTRFS2") / "pytest-standby-conv", 5498)
+    try:
+        assert not is_subvolume(standby.data / "base" / str(oid))
+        # A hot-standby reader stays connected to the database throughout.
+        with standby.connect(dbname="conv") as reader:
+            assert reader.execute("SELECT count(*) FROM pgbench_accounts").fetchone() == (100000,)
+            result = primary.one("SELECT result FROM pgbranch.convert_to_subvolume('conv')")
+            assert result.startswith("converted")
+            # Writes after the conversion must reach the standby's new files.
+            primary.sql("UPDATE pgbench_accounts SET abalance = abalance + 7 WHERE aid <= 1000", dbname="conv")
+            wait_replayed(primary, standby)
+            assert is_subvolume(standby.data / "base" / str(oid))
+            assert "pg_branch redo: converted" in (standby.root / "log").read_text()
+            assert reader.execute("SELECT sum(abalance) FROM pgbench_accounts WHERE aid <= 1000").fetchone() == \
+                (primary.one("SELECT sum(abalance) FROM pgbench_accounts WHERE aid <= 1000", dbname="conv"),)
+        # A restartpoint writes the standby's buffers through the new files.
+        standby.sql("CHECKPOINT")
+        standby.stop()
+        standby.start()
+        assert standby.sql("SELECT * FROM pgbench_accounts ORDER BY aid", dbname="conv") == \
+            primary.sql("SELECT * FROM pgbench_accounts ORDER BY aid", dbname="conv")
+        # Branches of it are snapshots, on both servers.
+        primary.sql("CREATE DATABASE conv_b TEMPLATE conv")
+        wait_replayed(primary, standby)
+        b_oid = primary.one("SELECT oid FROM pg_database WHERE datname = 'conv_b'")
+        assert is_subvolume(standby.data / "base" / str(b_oid))
+        assert exclusive_bytes(standby.data / "base" / str(b_oid)) < 1 << 20
+        assert standby.sql("SELECT * FROM pgbench_accounts ORDER BY aid", dbname="conv_b") == \
+            primary.sql("SELECT * FROM pgbench_accounts ORDER BY aid", dbname="conv")
+    finally:
+        standby.stop(mode="immediate", check=False)
+        primary.sql("DROP DATABASE IF EXISTS conv_b")
+        primary.sql("DROP DATABASE IF EXISTS conv")
+
+
 def test_standby_without_pg_branch_replays_core_records(primary):
     standby = make_standby(primary, mount("PG_BRANCH_TEST_BTRFS2") / "pytest-standby-core", 5499, preload=False)
     try:

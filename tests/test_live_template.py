@@ -305,7 +305,7 @@ def test_oracle_branches_under_pgbench_load(branch):
 def test_thousands_of_relations_and_a_small_lock_table(branch):
     """A template with 1500 tables (3000 relations) exceeds a lock table of
     max_locks_per_transaction = 10: the error says which setting to raise,
-    and after raising it the branch is made."""
+    doctor() gives the value, and after raising it the branch is made."""
     c = Cluster(mount("PG_BRANCH_TEST_BTRFS") / "pytest-locks", 5496,
                 extra_conf="max_locks_per_transaction = 10\nmax_connections = 20").init().start()
     try:
@@ -317,12 +317,20 @@ def test_thousands_of_relations_and_a_small_lock_table(branch):
             c.sql("CREATE DATABASE many_b TEMPLATE many")
         assert "max_locks_per_transaction" in e.value.diag.message_hint
         assert c.one("SELECT count(*) FROM pg_database WHERE datname = 'many_b'") == 0
+        # doctor() saw it coming, and says what to set.
+        c.sql("CREATE EXTENSION pg_branch")
+        status, detail, hint = c.sql("SELECT status, detail, hint FROM pgbranch.doctor() "
+                                     "WHERE item = 'max_locks_per_transaction'")[0]
+        assert status == "error" and '"many"' in detail, detail
+        needed = int(hint.split("at least ")[1].split()[0])
+        assert needed > 10
         with open(c.data / "postgresql.conf", "a") as f:
-            f.write("max_locks_per_transaction = 128\n")
+            f.write(f"max_locks_per_transaction = {needed}\n")
         c.stop()
         c.start()
         c.sql("CREATE DATABASE many_b TEMPLATE many")
         assert c.one("SELECT count(*) FROM pg_class WHERE relname ~ '^t[0-9]+$'", dbname="many_b") == 1500
+        assert c.one("SELECT status FROM pgbranch.doctor() WHERE item = 'max_locks_per_transaction'") == "ok"
     finally:
         c.stop(check=False)
 
