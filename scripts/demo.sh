@@ -120,6 +120,7 @@ cat <<REPORT
   feature_x equals app: $br
 
   Connect:   sudo -u postgres psql -h $SOCK -p $PORT feature_x
+  Check:     SELECT * FROM pgbranch.doctor();
   Branch:    CREATE DATABASE my_branch TEMPLATE app;
   Stop:      sudo -u postgres $PG_BIN/pg_ctl -D $DATA stop
 REPORT
