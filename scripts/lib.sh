@@ -8,6 +8,17 @@ IMAGES="${PG_BRANCH_IMAGES:-/var/lib/pg_branch}"
 MOUNTS="${PG_BRANCH_MOUNTS:-/mnt/pg_branch}"
 VENV="${PG_BRANCH_VENV:-/var/lib/pg_branch/venv}"
 export PATH="$HOME/.cargo/bin:$PATH"
+# PostgreSQL 16-18 are built or unpacked here by scripts/postgres.sh.
+PGS="${PG_BRANCH_PG:-/var/lib/pg_branch/pg}"
+
+# pg_prefix MAJOR: the installation prefix of PostgreSQL MAJOR.
+pg_prefix() {
+    case $1 in
+        15) echo /usr/lib/postgresql/15 ;;
+        16) echo "$PGS/16/pgserver/pginstall" ;;
+        *) echo "$PGS/$1" ;;
+    esac
+}
 
 say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }

@@ -5,15 +5,17 @@
 
 use crate::catalog::{self, DatabaseRow, NewDatabase};
 use crate::cleanup;
+use crate::compat;
 use crate::error::{error, Report};
 use crate::fence::Fence;
+use crate::locale;
 use crate::ffi;
 use crate::options::CreatedbOptions;
 use crate::wal;
 use pg_branch_storage::{clone_dir, errno_text, presync, probe, Method, Unsupported};
 use pgrx::pg_sys::{self, Oid};
 use pgrx::prelude::*;
-use std::ffi::{CStr, CString};
+use std::ffi::CStr;
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -100,7 +102,7 @@ pub unsafe fn createdb(pstate: *mut pg_sys::ParseState, stmt: *const pg_sys::Cre
             "permission denied to create database",
         );
     }
-    pg_sys::check_is_member_of_role(pg_sys::GetUserId(), owner);
+    compat::check_can_set_role(pg_sys::GetUserId(), owner);
 
     // 3. Pin the template. We deliberately differ from core here: core
     // takes ShareLock, which also blocks new connections to the template,
@@ -139,7 +141,7 @@ pub unsafe fn createdb(pstate: *mut pg_sys::ParseState, stmt: *const pg_sys::Cre
 
     // To copy a database not marked datistemplate, you must own it (or be
     // superuser).
-    if !template.is_template && !pg_sys::pg_database_ownercheck(template.oid, pg_sys::GetUserId()) {
+    if !template.is_template && !compat::database_ownercheck(template.oid, pg_sys::GetUserId()) {
         error(
             PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
             format!(
@@ -163,8 +165,8 @@ pub unsafe fn createdb(pstate: *mut pg_sys::ParseState, stmt: *const pg_sys::Cre
         }
     }
 
-    let locale = resolve_locale(&o, &template, &template_name);
-    let collation_version = resolve_collation_version(&o, &template, &template_name, &locale);
+    let locale = locale::resolve(&o, &template, &template_name);
+    let collation_version = locale::collation_version(&o, &template, &template_name, &locale);
     let dst_tablespace = resolve_tablespace(&o, &template, &template_name);
 
     // A friendlier message than the unique-index violation; the race with
@@ -215,7 +217,8 @@ pub unsafe fn createdb(pstate: *mut pg_sys::ParseState, stmt: *const pg_sys::Cre
             tablespace: dst_tablespace,
             collate: &locale.collate,
             ctype: &locale.ctype,
-            icu_locale: locale.icu_locale.as_deref(),
+            locale: locale.locale.as_deref(),
+            icu_rules: locale.icu_rules.as_deref(),
             collation_version: collation_version.as_deref(),
         },
         &template,
@@ -396,205 +399,6 @@ fn have_createdb_privilege() -> bool {
     }
 }
 
-/// Encoding and locale of the new database.
-struct Locale {
-    encoding: i32,
-    collate: CString,
-    ctype: CString,
-    provider: i8,
-    icu_locale: Option<CString>,
-}
-
-/// Defaults from the template, then core's checks. The bytes of the branch
-/// are the template's, so core's rule that they must match the template's
-/// (except for template0, assumed to hold only ASCII and no
-/// collation-dependent indexes) is exactly the rule a branch needs.
-unsafe fn resolve_locale(o: &CreatedbOptions, t: &DatabaseRow, template_name: &CStr) -> Locale {
-    let encoding = if o.encoding < 0 {
-        t.encoding
-    } else {
-        o.encoding
-    };
-    let provider = if o.locale_provider == 0 {
-        t.locale_provider
-    } else {
-        o.locale_provider
-    };
-    let icu_locale = o.icu_locale.clone().or_else(|| {
-        (provider == pg_sys::COLLPROVIDER_ICU as i8)
-            .then(|| t.icu_locale.clone())
-            .flatten()
-    });
-    let enc_name = |e: i32| {
-        CStr::from_ptr(pg_sys::pg_encoding_to_char(e))
-            .to_string_lossy()
-            .into_owned()
-    };
-
-    if pg_sys::pg_valid_server_encoding_id(encoding) == 0 {
-        error(
-            PgSqlErrorCode::ERRCODE_WRONG_OBJECT_TYPE,
-            format!("invalid server encoding {encoding}"),
-        );
-    }
-    let canonical = |category: i32, name: &CString| {
-        ffi::check_locale(category, name).unwrap_or_else(|| {
-            error(
-                PgSqlErrorCode::ERRCODE_WRONG_OBJECT_TYPE,
-                format!("invalid locale name: \"{}\"", name.to_string_lossy()),
-            )
-        })
-    };
-    let collate = canonical(libc::LC_COLLATE, o.collate.as_ref().unwrap_or(&t.collate));
-    let ctype = canonical(libc::LC_CTYPE, o.ctype.as_ref().unwrap_or(&t.ctype));
-    pg_sys::check_encoding_locale_matches(encoding, collate.as_ptr(), ctype.as_ptr());
-
-    if provider == pg_sys::COLLPROVIDER_ICU as i8 {
-        if !pg_sys::is_encoding_supported_by_icu(encoding) {
-            error(
-                PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
-                format!(
-                    "encoding \"{}\" is not supported with ICU provider",
-                    enc_name(encoding)
-                ),
-            );
-        }
-        // Happens if template0 uses libc but the new database asks for ICU.
-        let Some(icu) = &icu_locale else {
-            error(
-                PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
-                "ICU locale must be specified",
-            )
-        };
-        ffi::check_icu_locale(icu);
-    } else if icu_locale.is_some() {
-        error(
-            PgSqlErrorCode::ERRCODE_INVALID_OBJECT_DEFINITION,
-            "ICU locale cannot be specified unless locale provider is ICU",
-        );
-    }
-
-    if template_name.to_bytes() != b"template0" {
-        let mismatch = |what: String, hint: &str| -> ! {
-            Report::new(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, what)
-                .hint(format!("Use the same {hint} as in the template database, or use template0 as template."))
-                .error()
-        };
-        let s = |c: &CStr| c.to_string_lossy().into_owned();
-        if encoding != t.encoding {
-            mismatch(
-                format!(
-                    "new encoding ({}) is incompatible with the encoding of the template database ({})",
-                    enc_name(encoding),
-                    enc_name(t.encoding)
-                ),
-                "encoding",
-            );
-        }
-        if collate != t.collate {
-            mismatch(
-                format!(
-                    "new collation ({}) is incompatible with the collation of the template database ({})",
-                    s(&collate),
-                    s(&t.collate)
-                ),
-                "collation",
-            );
-        }
-        if ctype != t.ctype {
-            mismatch(
-                format!(
-                    "new LC_CTYPE ({}) is incompatible with the LC_CTYPE of the template database ({})",
-                    s(&ctype),
-                    s(&t.ctype)
-                ),
-                "LC_CTYPE",
-            );
-        }
-        if provider != t.locale_provider {
-            let name = |p: i8| {
-                CStr::from_ptr(pg_sys::collprovider_name(p as _))
-                    .to_string_lossy()
-                    .into_owned()
-            };
-            mismatch(
-                format!(
-                    "new locale provider ({}) does not match locale provider of the template database ({})",
-                    name(provider),
-                    name(t.locale_provider)
-                ),
-                "locale provider",
-            );
-        }
-        if provider == pg_sys::COLLPROVIDER_ICU as i8 && icu_locale != t.icu_locale {
-            mismatch(
-                format!(
-                    "new ICU locale ({}) is incompatible with the ICU locale of the template database ({})",
-                    icu_locale.as_deref().map(s).unwrap_or_default(),
-                    t.icu_locale.as_deref().map(s).unwrap_or_default()
-                ),
-                "ICU locale",
-            );
-        }
-    }
-    Locale {
-        encoding,
-        collate,
-        ctype,
-        provider,
-        icu_locale,
-    }
-}
-
-/// Core's collation-version rule: the template's recorded version must
-/// match what the OS provides now, unless the statement names a version
-/// (as pg_upgrade does); the new database records the template's version.
-unsafe fn resolve_collation_version(
-    o: &CreatedbOptions,
-    t: &DatabaseRow,
-    template_name: &CStr,
-    l: &Locale,
-) -> Option<CString> {
-    let provider_locale = || {
-        if l.provider == pg_sys::COLLPROVIDER_ICU as i8 {
-            l.icu_locale.clone().expect("ICU locale checked above")
-        } else {
-            l.collate.clone()
-        }
-    };
-    let name = template_name.to_string_lossy();
-    if let (Some(recorded), None) = (&t.collation_version, &o.collation_version) {
-        let Some(actual) = ffi::collation_actual_version(l.provider as _, &provider_locale())
-        else {
-            error(
-                PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
-                format!("template database \"{name}\" has a collation version, but no actual collation version could be determined"),
-            )
-        };
-        if &actual != recorded {
-            let quoted =
-                CStr::from_ptr(pg_sys::quote_identifier(template_name.as_ptr())).to_string_lossy();
-            Report::new(
-                PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
-                format!("template database \"{name}\" has a collation version mismatch"),
-            )
-            .detail(format!(
-                "The template database was created using collation version {}, but the operating system provides version {}.",
-                recorded.to_string_lossy(),
-                actual.to_string_lossy()
-            ))
-            .hint(format!(
-                "Rebuild all objects in the template database that use the default collation and run ALTER DATABASE {quoted} REFRESH COLLATION VERSION, or build PostgreSQL with the right library version."
-            ))
-            .error();
-        }
-    }
-    o.collation_version
-        .clone()
-        .or_else(|| t.collation_version.clone())
-        .or_else(|| ffi::collation_actual_version(l.provider as _, &provider_locale()))
-}
-
 /// The new database's default tablespace, checked as core checks it.
 unsafe fn resolve_tablespace(o: &CreatedbOptions, t: &DatabaseRow, template_name: &CStr) -> Oid {
     let Some(name) = &o.tablespace else {
@@ -602,7 +406,7 @@ unsafe fn resolve_tablespace(o: &CreatedbOptions, t: &DatabaseRow, template_name
         return t.tablespace;
     };
     let ts = pg_sys::get_tablespace_oid(name.as_ptr(), false);
-    let acl = pg_sys::pg_tablespace_aclcheck(ts, pg_sys::GetUserId(), pg_sys::ACL_CREATE as _);
+    let acl = compat::tablespace_aclcheck(ts, pg_sys::GetUserId(), pg_sys::ACL_CREATE as _);
     if acl != pg_sys::AclResult::ACLCHECK_OK {
         pg_sys::aclcheck_error(acl, pg_sys::ObjectType::OBJECT_TABLESPACE, name.as_ptr());
     }

@@ -3,6 +3,7 @@
 //! that knows the columns of `pg_database` (they change between major
 //! versions; see the cfg-gated lines).
 
+use crate::compat;
 use crate::ffi;
 use pgrx::pg_sys;
 use pgrx::pg_sys::Oid;
@@ -20,9 +21,15 @@ pub struct DatabaseRow {
     pub tablespace: Oid,
     pub collate: CString,
     pub ctype: CString,
-    pub icu_locale: Option<CString>,
+    /// The provider's locale (`daticulocale` in 15 and 16, `datlocale` in 17+).
+    pub locale: Option<CString>,
     pub locale_provider: i8,
     pub collation_version: Option<CString>,
+    /// `daticurules` (16+).
+    pub icu_rules: Option<CString>,
+    /// `dathasloginevt` (17+): copied, as core copies it.
+    #[cfg_attr(any(feature = "pg15", feature = "pg16"), allow(dead_code))]
+    pub has_login_event: bool,
 }
 
 /// Look up database `name` and take `lockmode` on it (NoLock: just look).
@@ -101,9 +108,17 @@ unsafe fn read_row(oid: Oid) -> Option<(CString, DatabaseRow)> {
         tablespace: form.dattablespace,
         collate: text(pg_sys::Anum_pg_database_datcollate).expect("datcollate is NOT NULL"),
         ctype: text(pg_sys::Anum_pg_database_datctype).expect("datctype is NOT NULL"),
-        icu_locale: text(pg_sys::Anum_pg_database_daticulocale),
+        locale: text(compat::anum::LOCALE),
         locale_provider: form.datlocprovider as i8,
         collation_version: text(pg_sys::Anum_pg_database_datcollversion),
+        #[cfg(feature = "pg15")]
+        icu_rules: None,
+        #[cfg(not(feature = "pg15"))]
+        icu_rules: text(compat::anum::ICU_RULES),
+        #[cfg(any(feature = "pg15", feature = "pg16"))]
+        has_login_event: false,
+        #[cfg(not(any(feature = "pg15", feature = "pg16")))]
+        has_login_event: form.dathasloginevt,
     };
     let name = CStr::from_ptr(form.datname.data.as_ptr()).to_owned();
     pg_sys::ReleaseSysCache(tuple);
@@ -215,7 +230,9 @@ pub struct NewDatabase<'a> {
     pub tablespace: Oid,
     pub collate: &'a CStr,
     pub ctype: &'a CStr,
-    pub icu_locale: Option<&'a CStr>,
+    pub locale: Option<&'a CStr>,
+    #[cfg_attr(feature = "pg15", allow(dead_code))]
+    pub icu_rules: Option<&'a CStr>,
     pub collation_version: Option<&'a CStr>,
 }
 
@@ -300,10 +317,21 @@ pub unsafe fn insert_database_row(rel: pg_sys::Relation, db: &NewDatabase, templ
         pg_sys::Anum_pg_database_datctype,
         text(db.ctype),
     );
-    match db.icu_locale {
-        Some(l) => set(&mut values, pg_sys::Anum_pg_database_daticulocale, text(l)),
-        None => nulls[pg_sys::Anum_pg_database_daticulocale as usize - 1] = true,
+    match db.locale {
+        Some(l) => set(&mut values, compat::anum::LOCALE, text(l)),
+        None => nulls[compat::anum::LOCALE as usize - 1] = true,
     }
+    #[cfg(not(feature = "pg15"))]
+    match db.icu_rules {
+        Some(r) => set(&mut values, compat::anum::ICU_RULES, text(r)),
+        None => nulls[compat::anum::ICU_RULES as usize - 1] = true,
+    }
+    #[cfg(not(any(feature = "pg15", feature = "pg16")))]
+    set(
+        &mut values,
+        compat::anum::HAS_LOGIN_EVENT,
+        pg_sys::Datum::from(template.has_login_event),
+    );
     match db.collation_version {
         Some(v) => set(
             &mut values,

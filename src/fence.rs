@@ -36,6 +36,7 @@
 //! guarantees no in-progress pg_class writer; the snapshot is taken after it.
 
 use crate::error::Report;
+use crate::compat;
 use crate::ffi;
 use pgrx::pg_sys::{self, Oid};
 use pgrx::prelude::*;
@@ -320,12 +321,8 @@ fn template_relations(db: Oid, tablespace: Oid) -> Vec<Relation> {
     unsafe {
         let dbpath = pg_sys::GetDatabasePath(db, tablespace);
         let relfilenode = ffi::relation_map_filenode(dbpath, pg_sys::RelationRelationId);
-        let rnode = pg_sys::RelFileNode {
-            spcNode: tablespace,
-            dbNode: db,
-            relNode: relfilenode,
-        };
-        let smgr = pg_sys::smgropen(rnode, pg_sys::InvalidBackendId);
+        let rnode = compat::file_locator(tablespace, db, relfilenode);
+        let smgr = compat::smgropen_shared(rnode);
         let nblocks = pg_sys::smgrnblocks(smgr, pg_sys::ForkNumber::MAIN_FORKNUM);
         pg_sys::smgrclose(smgr);
         let strategy = pg_sys::GetAccessStrategy(pg_sys::BufferAccessStrategyType::BAS_BULKREAD);

@@ -22,15 +22,28 @@ mod raw {
             locale: *const c_char,
             canonname: *mut *mut c_char,
         ) -> bool;
+        #[cfg(feature = "pg15")]
         pub fn check_icu_locale(icu_locale: *const c_char);
+        #[cfg(not(feature = "pg15"))]
+        pub fn icu_validate_locale(loc_str: *const c_char);
+        #[cfg(not(feature = "pg15"))]
+        pub fn icu_language_tag(loc_str: *const c_char, elevel: c_int) -> *mut c_char;
+        #[cfg(not(any(feature = "pg15", feature = "pg16")))]
+        pub fn builtin_validate_locale(encoding: c_int, locale: *const c_char) -> *const c_char;
         pub fn get_collation_actual_version(
             collprovider: c_char,
             collcollate: *const c_char,
         ) -> *mut c_char;
         // storage/copydir.h
         pub fn copydir(fromdir: *mut c_char, todir: *mut c_char, recurse: bool);
-        // utils/relmapper.h
+        // utils/relmapper.h (renamed in 16: file nodes became file numbers)
+        #[cfg(feature = "pg15")]
         pub fn RelationMapOidToFilenodeForDatabase(
+            dbpath: *mut c_char,
+            relationId: pg_sys::Oid,
+        ) -> pg_sys::Oid;
+        #[cfg(not(feature = "pg15"))]
+        pub fn RelationMapOidToFilenumberForDatabase(
             dbpath: *mut c_char,
             relationId: pg_sys::Oid,
         ) -> pg_sys::Oid;
@@ -67,9 +80,42 @@ pub fn check_locale(category: c_int, locale: &CStr) -> Option<CString> {
 }
 
 /// `check_icu_locale()`: raises core's ERROR if the ICU locale is invalid.
+#[cfg(feature = "pg15")]
 pub fn check_icu_locale(locale: &CStr) {
     // SAFETY: NUL-terminated argument; errors unwind.
     unsafe { raw::check_icu_locale(locale.as_ptr()) }
+}
+
+/// `icu_validate_locale()` (16+): raises core's ERROR or WARNING (per
+/// `icu_validation_level`) if the ICU locale is not known.
+#[cfg(not(feature = "pg15"))]
+pub fn icu_validate_locale(locale: &CStr) {
+    // SAFETY: NUL-terminated argument; errors unwind.
+    unsafe { raw::icu_validate_locale(locale.as_ptr()) }
+}
+
+/// `icu_language_tag(locale, icu_validation_level)` (16+): the BCP 47
+/// spelling of an ICU locale, if ICU can compute one.
+#[cfg(not(feature = "pg15"))]
+pub fn icu_language_tag(locale: &CStr) -> Option<CString> {
+    extern "C" {
+        static icu_validation_level: c_int;
+    }
+    // SAFETY: NUL-terminated argument; reads an int GUC; the result is NULL
+    // or a palloc'd string that we copy.
+    unsafe {
+        let tag = raw::icu_language_tag(locale.as_ptr(), icu_validation_level);
+        (!tag.is_null()).then(|| CStr::from_ptr(tag).to_owned())
+    }
+}
+
+/// `builtin_validate_locale()` (17+): the canonical name of a builtin
+/// provider locale, or core's ERROR.
+#[cfg(not(any(feature = "pg15", feature = "pg16")))]
+pub fn builtin_validate_locale(encoding: c_int, locale: &CStr) -> CString {
+    // SAFETY: NUL-terminated argument; the result is a static or palloc'd
+    // string that we copy.
+    unsafe { CStr::from_ptr(raw::builtin_validate_locale(encoding, locale.as_ptr())).to_owned() }
 }
 
 /// `get_collation_actual_version()`: the provider's version string, if any.
@@ -88,7 +134,10 @@ pub fn collation_actual_version(provider: c_char, locale: &CStr) -> Option<CStri
 /// # Safety
 /// `dbpath` must be a NUL-terminated path of an existing database directory.
 pub unsafe fn relation_map_filenode(dbpath: *mut c_char, rel: pg_sys::Oid) -> pg_sys::Oid {
-    raw::RelationMapOidToFilenodeForDatabase(dbpath, rel)
+    #[cfg(feature = "pg15")]
+    return raw::RelationMapOidToFilenodeForDatabase(dbpath, rel);
+    #[cfg(not(feature = "pg15"))]
+    return raw::RelationMapOidToFilenumberForDatabase(dbpath, rel);
 }
 
 /// Core's `copydir(src, dst, false)`: a plain copy of a database

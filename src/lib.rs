@@ -11,6 +11,7 @@ mod api;
 mod branch;
 mod catalog;
 mod cleanup;
+mod compat;
 mod convert;
 mod doctor;
 mod error;
@@ -18,6 +19,7 @@ mod fence;
 mod ffi;
 mod gucs;
 mod hook;
+mod locale;
 mod options;
 mod wal;
 

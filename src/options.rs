@@ -1,9 +1,11 @@
-//! The options of `CREATE DATABASE`, parsed the way PostgreSQL 15's
-//! `createdb()` parses them: same checks, same order, same messages.
+//! The options of `CREATE DATABASE`, parsed the way `createdb()` parses
+//! them in the PostgreSQL version we are built for: same checks, same
+//! order, same messages.
 //!
 //! Core's version is a DefElem if/else ladder filling seventeen locals; here
 //! the ladder fills one struct.
 
+use crate::compat;
 use crate::error::{error, Report};
 use pgrx::pg_sys;
 use pgrx::prelude::*;
@@ -65,7 +67,16 @@ pub struct CreatedbOptions {
     pub encoding: i32,
     pub collate: Option<CString>,
     pub ctype: Option<CString>,
+    /// LOCALE, which also names the provider's locale (ICU in 16, any in 17+).
+    pub locale: Option<CString>,
     pub icu_locale: Option<CString>,
+    /// ICU_LOCALE / BUILTIN_LOCALE appeared at all (even as DEFAULT), which
+    /// 17+ rejects for another provider.
+    pub icu_locale_given: bool,
+    pub builtin_locale: Option<CString>,
+    pub builtin_locale_given: bool,
+    /// ICU_RULES (16+).
+    pub icu_rules: Option<CString>,
     /// 0: not given; else `COLLPROVIDER_*`.
     pub locale_provider: i8,
     pub is_template: bool,
@@ -150,7 +161,10 @@ impl CreatedbOptions {
         if let Some(d) = with_arg("locale") {
             o.collate = Some(string(d));
             o.ctype = Some(string(d));
+            o.locale = Some(string(d));
         }
+        o.builtin_locale = with_arg("builtin_locale").map(string);
+        o.builtin_locale_given = get("builtin_locale").is_some();
         if let Some(d) = with_arg("lc_collate") {
             o.collate = Some(string(d));
         }
@@ -158,9 +172,13 @@ impl CreatedbOptions {
             o.ctype = Some(string(d));
         }
         o.icu_locale = with_arg("icu_locale").map(string);
+        o.icu_locale_given = get("icu_locale").is_some();
+        o.icu_rules = with_arg("icu_rules").map(string);
         if let Some(d) = with_arg("locale_provider") {
             let p = string(d);
             o.locale_provider = match p.to_string_lossy().to_lowercase().as_str() {
+                #[cfg(not(any(feature = "pg15", feature = "pg16")))]
+                "builtin" => pg_sys::COLLPROVIDER_BUILTIN as i8,
                 "icu" => pg_sys::COLLPROVIDER_ICU as i8,
                 "libc" => pg_sys::COLLPROVIDER_LIBC as i8,
                 _ => error(
@@ -193,16 +211,21 @@ impl CreatedbOptions {
     }
 }
 
-/// The options core checks for repetition, in its order.
-const OPTIONS: [&str; 14] = [
+/// The options core checks for repetition, in its order (ICU_RULES came
+/// in 16, BUILTIN_LOCALE in 17).
+const OPTIONS: &[&str] = &[
     "tablespace",
     "owner",
     "template",
     "encoding",
     "locale",
+    #[cfg(not(any(feature = "pg15", feature = "pg16")))]
+    "builtin_locale",
     "lc_collate",
     "lc_ctype",
     "icu_locale",
+    #[cfg(not(feature = "pg15"))]
+    "icu_rules",
     "locale_provider",
     "is_template",
     "allow_connections",
@@ -215,8 +238,8 @@ const OPTIONS: [&str; 14] = [
 unsafe fn parse_encoding(defel: *mut pg_sys::DefElem) -> i32 {
     if pgrx::is_a((*defel).arg, pg_sys::NodeTag::T_Integer) {
         let code = pg_sys::defGetInt32(defel);
-        let name = CStr::from_ptr(pg_sys::pg_encoding_to_char(code));
-        if name.to_bytes().is_empty() || pg_sys::pg_valid_server_encoding(name.as_ptr()) < 0 {
+        let name = compat::encoding_name(code);
+        if name.to_bytes().is_empty() || compat::server_encoding(name.as_ptr()) < 0 {
             error(
                 PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT,
                 format!("{code} is not a valid encoding code"),
@@ -225,7 +248,7 @@ unsafe fn parse_encoding(defel: *mut pg_sys::DefElem) -> i32 {
         code
     } else {
         let name = pg_sys::defGetString(defel);
-        let code = pg_sys::pg_valid_server_encoding(name);
+        let code = compat::server_encoding(name);
         if code < 0 {
             error(
                 PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT,

@@ -1,0 +1,102 @@
+//! What differs between the PostgreSQL major versions pg_branch builds
+//! for (15 to 18), each difference behind one small function. Everything
+//! else calls these and stays version-free.
+
+use pgrx::pg_sys::{self, Oid};
+use std::ffi::{c_char, c_int, CStr};
+
+/// Core's check that the current user may make `role` the owner of
+/// something ("must be able to SET ROLE" in 16+, "must be member" in 15).
+pub unsafe fn check_can_set_role(member: Oid, role: Oid) {
+    #[cfg(feature = "pg15")]
+    pg_sys::check_is_member_of_role(member, role);
+    #[cfg(not(feature = "pg15"))]
+    pg_sys::check_can_set_role(member, role);
+}
+
+/// Whether `user` owns database `db` (or is superuser).
+pub unsafe fn database_ownercheck(db: Oid, user: Oid) -> bool {
+    #[cfg(feature = "pg15")]
+    return pg_sys::pg_database_ownercheck(db, user);
+    #[cfg(not(feature = "pg15"))]
+    return pg_sys::object_ownercheck(pg_sys::DatabaseRelationId, db, user);
+}
+
+/// ACL check of `mode` on tablespace `ts` for `user`.
+pub unsafe fn tablespace_aclcheck(ts: Oid, user: Oid, mode: pg_sys::AclMode) -> pg_sys::AclResult::Type {
+    #[cfg(feature = "pg15")]
+    return pg_sys::pg_tablespace_aclcheck(ts, user, mode);
+    #[cfg(not(feature = "pg15"))]
+    return pg_sys::object_aclcheck(pg_sys::TableSpaceRelationId, ts, user, mode);
+}
+
+// The encoding functions became macros over `*_private` symbols in 17.
+#[cfg(any(feature = "pg15", feature = "pg16"))]
+use pg_sys::{pg_encoding_to_char as encoding_to_char, pg_valid_server_encoding as valid_server_encoding, pg_valid_server_encoding_id as valid_server_encoding_id};
+#[cfg(not(any(feature = "pg15", feature = "pg16")))]
+use pg_sys::{
+    pg_encoding_to_char_private as encoding_to_char,
+    pg_valid_server_encoding_id_private as valid_server_encoding_id,
+    pg_valid_server_encoding_private as valid_server_encoding,
+};
+
+/// The name of encoding `e` ("" if there is none).
+pub unsafe fn encoding_name(e: c_int) -> &'static CStr {
+    CStr::from_ptr(encoding_to_char(e))
+}
+
+/// Whether `e` is a valid server encoding.
+pub unsafe fn is_server_encoding(e: c_int) -> bool {
+    valid_server_encoding_id(e) != 0
+}
+
+/// The server encoding named `name`, or a negative number.
+pub unsafe fn server_encoding(name: *const c_char) -> c_int {
+    valid_server_encoding(name)
+}
+
+/// A relation file of another database (`db` in tablespace `ts`), as the
+/// buffer manager names it.
+#[cfg(feature = "pg15")]
+pub type FileLocator = pg_sys::RelFileNode;
+#[cfg(not(feature = "pg15"))]
+pub type FileLocator = pg_sys::RelFileLocator;
+
+pub fn file_locator(ts: Oid, db: Oid, file: Oid) -> FileLocator {
+    #[cfg(feature = "pg15")]
+    return pg_sys::RelFileNode {
+        spcNode: ts,
+        dbNode: db,
+        relNode: file,
+    };
+    #[cfg(not(feature = "pg15"))]
+    return pg_sys::RelFileLocator {
+        spcOid: ts,
+        dbOid: db,
+        relNumber: file,
+    };
+}
+
+/// `smgropen()` of a permanent (not backend-local) relation file.
+pub unsafe fn smgropen_shared(locator: FileLocator) -> pg_sys::SMgrRelation {
+    #[cfg(any(feature = "pg15", feature = "pg16"))]
+    return pg_sys::smgropen(locator, pg_sys::InvalidBackendId);
+    #[cfg(not(any(feature = "pg15", feature = "pg16")))]
+    return pg_sys::smgropen(locator, pg_sys::INVALID_PROC_NUMBER);
+}
+
+/// `pg_database` attribute numbers that moved between versions.
+pub mod anum {
+    use pgrx::pg_sys;
+    /// The ICU locale (15, 16) or the provider's locale (17+: datlocale).
+    #[cfg(any(feature = "pg15", feature = "pg16"))]
+    pub const LOCALE: u32 = pg_sys::Anum_pg_database_daticulocale;
+    #[cfg(not(any(feature = "pg15", feature = "pg16")))]
+    pub const LOCALE: u32 = pg_sys::Anum_pg_database_datlocale;
+    /// ICU tailoring rules (16+).
+    #[cfg(not(feature = "pg15"))]
+    pub const ICU_RULES: u32 = pg_sys::Anum_pg_database_daticurules;
+    /// Whether login event triggers exist (17+).
+    #[cfg(not(any(feature = "pg15", feature = "pg16")))]
+    pub const HAS_LOGIN_EVENT: u32 = pg_sys::Anum_pg_database_dathasloginevt;
+}
