@@ -12,7 +12,9 @@ set -euo pipefail
 . "$(dirname "$0")/../scripts/lib.sh"
 need_root
 bash "$REPO/scripts/setup.sh"
+[ "$PG_VERSION" = 15 ] || bash "$REPO/scripts/postgres.sh" "$PG_VERSION"
 install_extension --release
+export PG_BIN
 export PG_BRANCH_BENCH_DIR
 PG_BRANCH_BENCH_DIR="$(mount_btrfs)/bench"
 case "${1:-}" in

@@ -10,8 +10,9 @@
 #   sudo scripts/demo.sh DIR        cluster in DIR, which must be on btrfs
 #                                   or on XFS formatted with reflink=1
 #
-# Settings: SCALE (pgbench scale, default 70 = about 1 GB), PORT (5440).
-# Running it again reuses the cluster and the template.
+# Settings: SCALE (pgbench scale, default 70 = about 1 GB), PORT (5440),
+# PG_VERSION (15, 16, 17 or 18; default 15). Running it again reuses the
+# cluster and the template.
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 need_root
@@ -20,7 +21,8 @@ SCALE=${SCALE:-70}
 PORT=${PORT:-5440}
 
 bash "$REPO/scripts/setup.sh"
-say "building pg_branch (release) and installing it into PostgreSQL 15"
+[ "$PG_VERSION" = 15 ] || bash "$REPO/scripts/postgres.sh" "$PG_VERSION"
+say "building pg_branch (release) and installing it into PostgreSQL $PG_VERSION"
 install_extension --release
 
 if [ $# -ge 1 ]; then
@@ -32,6 +34,7 @@ if [ $# -ge 1 ]; then
     esac
 else
     BASE="$(mount_btrfs)/demo"
+    [ "$PG_VERSION" = 15 ] || BASE="$BASE-pg$PG_VERSION"
 fi
 DATA=$BASE/data SOCK=$BASE/sock
 mkdir -p "$SOCK"

@@ -1,8 +1,6 @@
 # Shared settings and helpers for pg_branch's scripts (sourced, not run).
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-PG_BIN=/usr/lib/postgresql/15/bin
-PG_CONFIG=$PG_BIN/pg_config
 # Loop-mounted images live here unless the user names a directory.
 IMAGES="${PG_BRANCH_IMAGES:-/var/lib/pg_branch}"
 MOUNTS="${PG_BRANCH_MOUNTS:-/mnt/pg_branch}"
@@ -18,6 +16,20 @@ pg_prefix() {
         16) echo "$PGS/16/pgserver/pginstall" ;;
         *) echo "$PGS/$1" ;;
     esac
+}
+# The version the scripts work with: PG_VERSION=18 sudo -E scripts/demo.sh.
+PG_VERSION="${PG_VERSION:-15}"
+PG_BIN="$(pg_prefix "$PG_VERSION")/bin"
+PG_CONFIG=$PG_BIN/pg_config
+
+# pgrx_init: point pgrx at every PostgreSQL that is installed (it forgets
+# the versions a call does not name).
+pgrx_init() {
+    local args=() v
+    for v in 15 16 17 18; do
+        [ -x "$(pg_prefix "$v")/bin/pg_config" ] && args+=("--pg$v" "$(pg_prefix "$v")/bin/pg_config")
+    done
+    cargo pgrx init "${args[@]}" >&2
 }
 
 say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
@@ -50,10 +62,16 @@ mount_ext4() { mount_image ext4 2G mkfs.ext4 -q; }
 # fs_type DIR: the filesystem type of DIR (btrfs, xfs, ext4, ...).
 fs_type() { stat -f -c %T "$1"; }
 
-# install_extension [--release]: build pg_branch and install it into PG 15.
+# install_extension [--release]: build pg_branch for $PG_VERSION and
+# install it there (each version builds in its own target directory).
 # The old library is unlinked first: cargo pgrx rewrites it in place, and a
 # server that has it mapped would die of SIGBUS; unlinked, it keeps its copy.
 install_extension() {
     rm -f "$("$PG_CONFIG" --pkglibdir)/pg_branch.so"
-    (cd "$REPO" && cargo pgrx install --pg-config "$PG_CONFIG" "$@") >&2
+    if [ "$PG_VERSION" = 15 ]; then
+        (cd "$REPO" && cargo pgrx install --pg-config "$PG_CONFIG" "$@") >&2
+    else
+        (cd "$REPO" && CARGO_TARGET_DIR="$REPO/target/pg$PG_VERSION" cargo pgrx install \
+            --pg-config "$PG_CONFIG" --no-default-features --features "pg$PG_VERSION" "$@") >&2
+    fi
 }

@@ -116,3 +116,4 @@ if [ "${1:-all}" = all ]; then
 else
     ensure "$1"
 fi
+bash "$REPO/scripts/setup.sh"   # points pgrx at what is now installed

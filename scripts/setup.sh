@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install everything pg_branch needs to build and test on Debian 12, as
-# root: Debian packages, cargo-pgrx 0.18.0, pgrx's view of PostgreSQL 15,
-# and the Python test driver. Safe to run again: each step checks first.
+# root: Debian packages, cargo-pgrx 0.18.0, pgrx's view of PostgreSQL 15
+# (and of 16-18 once scripts/postgres.sh has provided them), and the Python
+# test driver. Safe to run again: each step checks first.
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 
@@ -27,10 +28,15 @@ if ! cargo pgrx --version 2>/dev/null | grep -q "0.18.0"; then
     say "installing cargo-pgrx 0.18.0 (about 3 minutes)"
     cargo install cargo-pgrx --version 0.18.0 --locked
 fi
-if ! grep -qs "pg15 = \"$PG_CONFIG\"" "${PGRX_HOME:-$HOME/.pgrx}/config.toml"; then
-    say "pointing pgrx at $PG_CONFIG"
-    cargo pgrx init --pg15 "$PG_CONFIG"
-fi
+# Every installed version must be in pgrx's configuration.
+for v in 15 16 17 18; do
+    [ -x "$(pg_prefix "$v")/bin/pg_config" ] || continue
+    if ! grep -qs "pg$v = \"$(pg_prefix "$v")/bin/pg_config\"" "${PGRX_HOME:-$HOME/.pgrx}/config.toml"; then
+        say "pointing pgrx at every installed PostgreSQL"
+        pgrx_init
+        break
+    fi
+done
 
 if [ ! -x "$VENV/bin/pytest" ] || [ ! -x "$VENV/bin/pyflakes" ]; then
     say "installing the Python test driver into $VENV"

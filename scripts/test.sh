@@ -1,17 +1,29 @@
 #!/usr/bin/env bash
-# The whole test suite, as CI runs it: installs what is missing, mounts
-# btrfs, XFS (reflink) and ext4 loop images, checks formatting and lints,
-# runs the storage tests on the real filesystems and the server tests
-# against real PostgreSQL 15 clusters on them. Run as root.
+# The whole test suite, as CI runs it: installs what is missing (PostgreSQL
+# 16-18 included, cached after the first run), mounts btrfs, XFS (reflink)
+# and ext4 loop images, checks formatting and lints for every PostgreSQL
+# version, runs the storage tests on the real filesystems, then the server
+# tests against real clusters of each version. Run as root.
 #
-#   scripts/test.sh                 everything
-#   scripts/test.sh -k parity       only the server tests matching "parity"
+#   scripts/test.sh                          everything
+#   scripts/test.sh -k parity                only the server tests matching "parity"
+#   PG_VERSIONS=18 scripts/test.sh           one PostgreSQL version
+#
+# PostgreSQL 15 and 18 run every server test; 16 and 17 run the parity,
+# branch, filesystem and live-template suites (FULL_VERSIONS, SOME_TESTS).
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 need_root
 cd "$REPO"
 
+PG_VERSIONS=${PG_VERSIONS:-15 18 16 17}
+FULL_VERSIONS=${FULL_VERSIONS:-15 18}
+SOME_TESTS=(tests/test_parity.py tests/test_branch.py tests/test_filesystems.py tests/test_live_template.py)
+
 bash scripts/setup.sh
+for v in $PG_VERSIONS; do
+    [ "$v" = 15 ] || bash scripts/postgres.sh "$v"
+done
 
 export PG_BRANCH_TEST_BTRFS PG_BRANCH_TEST_BTRFS2 PG_BRANCH_TEST_XFS PG_BRANCH_TEST_EXT4
 PG_BRANCH_TEST_BTRFS=$(mount_btrfs)
@@ -27,7 +39,14 @@ step() { # step NAME COMMAND...: run a check, count it
 
 if [ $# -eq 0 ]; then
     step "cargo fmt --check" cargo fmt --all -- --check
-    step "cargo clippy -D warnings" cargo clippy --workspace --all-targets -- -D warnings
+    for v in $PG_VERSIONS; do
+        if [ "$v" = 15 ]; then
+            step "cargo clippy -D warnings (PostgreSQL 15)" cargo clippy --workspace --all-targets -- -D warnings
+        else
+            step "cargo clippy -D warnings (PostgreSQL $v)" env CARGO_TARGET_DIR="$REPO/target/pg$v" \
+                cargo clippy --all-targets --no-default-features --features "pg$v" -- -D warnings
+        fi
+    done
     step "pyflakes (test and benchmark scripts)" "$VENV/bin/pyflakes" tests bench
     say "storage tests on btrfs, XFS and ext4 loop mounts"
     if out=$(cargo test -p pg_branch_storage 2>&1); then :; else failed=$((failed + 1)); fi
@@ -37,26 +56,38 @@ if [ $# -eq 0 ]; then
     passed=$((passed + p)); failed=$((failed + f))
 fi
 
-say "building and installing pg_branch into PostgreSQL 15"
-install_extension
+for v in $PG_VERSIONS; do
+    (
+        PG_VERSION=$v
+        PG_BIN="$(pg_prefix "$v")/bin"
+        PG_CONFIG=$PG_BIN/pg_config
+        say "PostgreSQL $v: building and installing pg_branch"
+        install_extension
+    ) || { failed=$((failed + 1)); echo "FAILED: install into PostgreSQL $v" >&2; continue; }
 
-say "server tests (pytest) on real clusters"
-log=$(mktemp)
-set +e
-"$VENV/bin/pytest" -p no:cacheprovider -q -rfE tests "$@" 2>&1 | tee "$log"
-set -e
-# pytest's summary line: "== 3 failed, 60 passed, 1 error in 12.3s ==".
-read -r p f < <(awk '/ in [0-9.]+s/ && /(passed|failed|error)/ {
-        p = f = 0
-        for (i = 2; i <= NF; i++) {
-            if ($i ~ /^passed/) p = $(i - 1)
-            if ($i ~ /^(failed|errors?)/) f += $(i - 1)
+    # Named test files replace the default selection.
+    tests=(tests)
+    [[ " $FULL_VERSIONS " == *" $v "* ]] || tests=("${SOME_TESTS[@]}")
+    for a in "$@"; do [[ $a == tests/* ]] && tests=(); done
+    say "PostgreSQL $v: server tests (pytest) on real clusters: ${tests[*]}"
+    log=$(mktemp)
+    set +e
+    PG_BIN="$(pg_prefix "$v")/bin" "$VENV/bin/pytest" -p no:cacheprovider -q -rfEs "${tests[@]}" "$@" 2>&1 | tee "$log"
+    set -e
+    # pytest's summary line: "== 3 failed, 60 passed, 1 error in 12.3s ==".
+    read -r p f < <(awk '/ in [0-9.]+s/ && /(passed|failed|error|skipped|deselected)/ {
+            p = f = 0
+            for (i = 2; i <= NF; i++) {
+                if ($i ~ /^passed/) p = $(i - 1)
+                if ($i ~ /^(failed|errors?)/) f += $(i - 1)
+            }
+            seen = 1
         }
-        seen = 1
-    }
-    END { if (!seen) f = 1; print p + 0, f + 0 }' "$log")
-passed=$((passed + p)); failed=$((failed + f))
-rm -f "$log"
+        END { if (!seen) f = 1; print p + 0, f + 0 }' "$log")
+    rm -f "$log"
+    echo "PostgreSQL $v: $p passed, $f failed"
+    passed=$((passed + p)); failed=$((failed + f))
+done
 
 echo
 echo "$passed passed, $failed failed"

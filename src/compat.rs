@@ -23,7 +23,11 @@ pub unsafe fn database_ownercheck(db: Oid, user: Oid) -> bool {
 }
 
 /// ACL check of `mode` on tablespace `ts` for `user`.
-pub unsafe fn tablespace_aclcheck(ts: Oid, user: Oid, mode: pg_sys::AclMode) -> pg_sys::AclResult::Type {
+pub unsafe fn tablespace_aclcheck(
+    ts: Oid,
+    user: Oid,
+    mode: pg_sys::AclMode,
+) -> pg_sys::AclResult::Type {
     #[cfg(feature = "pg15")]
     return pg_sys::pg_tablespace_aclcheck(ts, user, mode);
     #[cfg(not(feature = "pg15"))]
@@ -32,7 +36,10 @@ pub unsafe fn tablespace_aclcheck(ts: Oid, user: Oid, mode: pg_sys::AclMode) -> 
 
 // The encoding functions became macros over `*_private` symbols in 17.
 #[cfg(any(feature = "pg15", feature = "pg16"))]
-use pg_sys::{pg_encoding_to_char as encoding_to_char, pg_valid_server_encoding as valid_server_encoding, pg_valid_server_encoding_id as valid_server_encoding_id};
+use pg_sys::{
+    pg_encoding_to_char as encoding_to_char, pg_valid_server_encoding as valid_server_encoding,
+    pg_valid_server_encoding_id as valid_server_encoding_id,
+};
 #[cfg(not(any(feature = "pg15", feature = "pg16")))]
 use pg_sys::{
     pg_encoding_to_char_private as encoding_to_char,

@@ -35,8 +35,8 @@
 //! connected to the template, so the ShareLock on its `pg_class` is what
 //! guarantees no in-progress pg_class writer; the snapshot is taken after it.
 
-use crate::error::Report;
 use crate::compat;
+use crate::error::Report;
 use crate::ffi;
 use pgrx::pg_sys::{self, Oid};
 use pgrx::prelude::*;

@@ -52,7 +52,11 @@ fn enc_name(e: i32) -> String {
 /// Inside the CREATE DATABASE transaction.
 pub unsafe fn resolve(o: &CreatedbOptions, t: &DatabaseRow, template_name: &CStr) -> Locale {
     // If encoding or locales are defaulted, use the template's.
-    let encoding = if o.encoding < 0 { t.encoding } else { o.encoding };
+    let encoding = if o.encoding < 0 {
+        t.encoding
+    } else {
+        o.encoding
+    };
     let provider = if o.locale_provider == 0 {
         t.locale_provider
     } else {
@@ -78,11 +82,26 @@ pub unsafe fn resolve(o: &CreatedbOptions, t: &DatabaseRow, template_name: &CStr
     }
 
     // Check that the chosen locales are valid, and get canonical spellings.
-    let collate = canonical(libc::LC_COLLATE, o.collate.as_ref().unwrap_or(&t.collate), provider);
-    let ctype = canonical(libc::LC_CTYPE, o.ctype.as_ref().unwrap_or(&t.ctype), provider);
+    let collate = canonical(
+        libc::LC_COLLATE,
+        o.collate.as_ref().unwrap_or(&t.collate),
+        provider,
+    );
+    let ctype = canonical(
+        libc::LC_CTYPE,
+        o.ctype.as_ref().unwrap_or(&t.ctype),
+        provider,
+    );
     pg_sys::check_encoding_locale_matches(encoding, collate.as_ptr(), ctype.as_ptr());
 
-    validate_provider(o, encoding, provider, &mut locale, from_template, &icu_rules);
+    validate_provider(
+        o,
+        encoding,
+        provider,
+        &mut locale,
+        from_template,
+        &icu_rules,
+    );
 
     if template_name.to_bytes() != b"template0" {
         must_match_template(t, encoding, &collate, &ctype, provider, &locale, &icu_rules);

@@ -123,6 +123,10 @@ class Cluster:
         pgserver wheel ships no contrib modules)."""
         return bool(self.one("SELECT count(*) FROM pg_available_extensions WHERE name = %s", params=(name,)))
 
+    def require_contrib(self, name):
+        if not self.has_contrib(name):
+            pytest.skip(f"{name} is not installed in this PostgreSQL build")
+
     def db_dirs(self):
         """Names in base/ and in every tablespace's version directory."""
         names = set(os.listdir(self.data / "base"))

@@ -92,6 +92,7 @@ def test_unlogged_tables_keep_their_init_fork(branch, app):
 
 
 def test_each_branch_is_wal_logged(branch, app):
+    branch.require_contrib("pg_walinspect")
     start = branch.one("SELECT pg_current_wal_flush_lsn()")
     branch.sql("CREATE DATABASE b_wal TEMPLATE app")
     end = branch.one("SELECT pg_current_wal_flush_lsn()")
