@@ -9,7 +9,12 @@ DROP DATABASE:
   pg_branch                  the default (own WAL record, waits for a checkpoint to start)
   pg_branch, wal_record=core core's record, waits for a whole checkpoint (as FILE_COPY)
   core FILE_COPY             STRATEGY FILE_COPY
-  core WAL_LOG               STRATEGY WAL_LOG (the PostgreSQL 15 default)
+  core WAL_LOG               STRATEGY WAL_LOG (the default since PostgreSQL 15)
+  core FILE_COPY, clone      PostgreSQL 18+: STRATEGY FILE_COPY with file_copy_method = clone
+                             (core's own reflink copy; its FILE_COPY row then sets
+                             file_copy_method = copy explicitly)
+
+PG_BIN selects the server (bench/run.sh sets it from PG_VERSION).
 """
 
 import os
@@ -44,11 +49,24 @@ def pgbench(cluster, *args):
                           check=True, capture_output=True, text=True)
 
 
+CLONE_METHODS = [
+    ("core FILE_COPY", "SET file_copy_method = copy", "STRATEGY FILE_COPY"),
+    ("core FILE_COPY, clone", "SET file_copy_method = clone", "STRATEGY FILE_COPY"),
+]
+
+
+def methods(c):
+    """METHODS, plus core's clone strategy where the server has it (18+)."""
+    if c.one("SELECT current_setting('server_version_num')::int") < 180000:
+        return METHODS
+    return [m for m in METHODS if m[0] != "core FILE_COPY"] + CLONE_METHODS
+
+
 def measure(c):
-    times = {name: [] for name, _, _ in METHODS}
+    times = {name: [] for name, _, _ in methods(c)}
     with c.connect() as conn:
         for n in range(RUNS):
-            for name, setting, strategy in METHODS:
+            for name, setting, strategy in methods(c):
                 conn.execute(setting)
                 t = time.perf_counter()
                 conn.execute(f"CREATE DATABASE bench_copy TEMPLATE tpl {strategy}")
@@ -77,13 +95,14 @@ def main():
         finally:
             load.terminate()
             load.wait()
-        print(f"\nCREATE DATABASE ... TEMPLATE tpl ({size}, pgbench scale {SCALE}); {RUNS} runs per method "
-              "and scenario, interleaved; milliseconds\n")
+        version = c.one("SHOW server_version")
+        print(f"\nPostgreSQL {version}: CREATE DATABASE ... TEMPLATE tpl ({size}, pgbench scale {SCALE}); "
+              f"{RUNS} runs per method and scenario, interleaved; milliseconds\n")
         for scenario, times in results.items():
             base = statistics.median(times["pg_branch"])
             print(f"  {scenario}")
             print(f"    {'method':30} {'p50':>9} {'p99':>9} {'max':>9} {'p50 vs pg_branch':>17}")
-            for name, _, _ in METHODS:
+            for name, _, _ in methods(c):
                 v = times[name]
                 print(f"    {name:30} {pct(v, 50):9.1f} {pct(v, 99):9.1f} {max(v):9.1f} "
                       f"{statistics.median(v) / base:16.1f}x")

@@ -2,12 +2,16 @@
 # Benchmarks: one entry point. Each prints its figures, with core's own
 # strategies measured in the same run where they apply. As root:
 #
+#   sudo bench/run.sh suite             every figure of the README (bench/suite.py): latency against
+#                                       size, the snapshot floor, disk, 1000 branches, writers; CSV + plot
 #   sudo bench/run.sh latency           CREATE DATABASE p50/p99, idle and under load, against core
 #   sudo bench/run.sh live-template     pgbench writes to the template while 100 branches are made
 #   sudo bench/run.sh filesystems       1 GB template: btrfs snapshot, btrfs reflink, XFS reflink, core, disk growth
 #
 # Settings: SCALE (pgbench scale of the template); latency: RUNS;
-# live-template: SECONDS_PER_RUN, BRANCHES; filesystems: RUNS.
+# live-template: SECONDS_PER_RUN, BRANCHES; filesystems: RUNS; suite: SIZES
+# (pgbench scales, default "7 70 350"), RUNS, CORE_RUNS_LARGE, BRANCHES, PARTS;
+# PG_VERSION picks the server (default 15).
 set -euo pipefail
 . "$(dirname "$0")/../scripts/lib.sh"
 need_root
@@ -20,10 +24,14 @@ PG_BRANCH_BENCH_DIR="$(mount_btrfs)/bench"
 case "${1:-}" in
     latency) exec "$VENV/bin/python" "$REPO/bench/latency.py" ;;
     live-template) exec "$VENV/bin/python" "$REPO/bench/live_template.py" ;;
+    suite)
+        "$VENV/bin/python" -c "import matplotlib" 2>/dev/null || "$VENV/bin/pip" install -q "matplotlib==3.*"
+        exec "$VENV/bin/python" "$REPO/bench/suite.py"
+        ;;
     filesystems)
         export PG_BRANCH_BENCH_XFS
         PG_BRANCH_BENCH_XFS="$(mount_xfs)"
         exec "$VENV/bin/python" "$REPO/bench/filesystems.py"
         ;;
-    *) die "usage: bench/run.sh latency|live-template|filesystems" ;;
+    *) die "usage: bench/run.sh suite|latency|live-template|filesystems" ;;
 esac

@@ -84,22 +84,40 @@ class Cluster:
         if (self.data / "postmaster.pid").exists():
             as_postgres(PG_BIN / "pg_ctl", "-D", self.data, "-m", mode, "-w", "stop", check=check)
 
+    def server_pids(self):
+        """Every process of this server: they all run in its data directory."""
+        data = os.path.realpath(self.data)
+        pids = []
+        for p in Path("/proc").iterdir():
+            if p.name.isdigit():
+                try:
+                    if os.readlink(p / "cwd") == data:
+                        pids.append(int(p.name))
+                except OSError:
+                    pass
+        return pids
+
     def kill9(self):
-        """Kill the postmaster with SIGKILL, and wait until every server process is gone."""
+        """Kill the postmaster, then every other server process, with
+        SIGKILL (a power cut), and wait until they are all gone. A child the
+        postmaster forked just before dying is caught too: it runs in the
+        data directory like the rest (children call setsid(), so the
+        postmaster's process group does not hold them)."""
         pid = int((self.data / "postmaster.pid").read_text().split()[0])
-        children = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
         os.kill(pid, signal.SIGKILL)
-        for p in [pid, *map(int, children)]:
-            try:
-                os.kill(p, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
         deadline = time.time() + 30
         while time.time() < deadline:
-            alive = subprocess.run(["pgrep", "-f", f"-D {self.data}"], capture_output=True).returncode == 0
-            if not alive and not any(Path(f"/proc/{c}").exists() for c in children):
+            pids = self.server_pids()
+            # Until its parent reaps it, the dead postmaster is a zombie
+            # whose PID still blocks a restart.
+            if not pids and not Path(f"/proc/{pid}").exists():
                 return
-            time.sleep(0.1)
+            for p in pids:
+                try:
+                    os.kill(p, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            time.sleep(0.05)
         raise RuntimeError("server processes survived SIGKILL")
 
     def conninfo(self, dbname="postgres", user="postgres"):
