@@ -10,8 +10,8 @@ Parts (PARTS, default all of them, in this order):
             "impossible" with its SQLSTATE, never as a time)
   floor     a raw btrfs snapshot ioctl of the same template directory: the
             physical floor under a branch
-  disk      exclusive bytes of a fresh branch, then after it rewrites 1 %
-            and 10 % of pgbench_accounts
+  disk      exclusive bytes of a fresh branch, then after it rewrites the
+            first 1 % and 10 % of pgbench_accounts' rows
   scale     1 000 live branches of one template: latency of each, disk
             used, and DROP DATABASE of a branch against a core copy
   writers   pgbench on the template with and without a branching loop
@@ -48,7 +48,16 @@ PARTS = os.environ.get("PARTS", "latency floor disk scale writers").split()
 RESULTS = Path(os.environ.get("RESULTS", REPO / "bench" / "results" / time.strftime("%Y-%m-%d")))
 PLOT = Path(os.environ.get("PLOT", REPO / "assets" / "branch_time_vs_size.png"))
 
-CORE = [("core WAL_LOG", "STRATEGY WAL_LOG"), ("core FILE_COPY", "STRATEGY FILE_COPY")]
+CORE = [("core WAL_LOG", None, "STRATEGY WAL_LOG"), ("core FILE_COPY", None, "STRATEGY FILE_COPY")]
+# PostgreSQL 18's own copy-on-write option for FILE_COPY.
+CLONE = [("core FILE_COPY", "SET file_copy_method = copy", "STRATEGY FILE_COPY"),
+         ("core FILE_COPY, clone", "SET file_copy_method = clone", "STRATEGY FILE_COPY")]
+
+
+def core_methods(c):
+    if c.one("SELECT current_setting('server_version_num')::int") < 180000:
+        return CORE
+    return CORE[:1] + CLONE
 
 
 def pct(values, p):
@@ -116,8 +125,10 @@ def latency(c):
                     for _ in range(RUNS):
                         times["pg_branch"].append(timed_create(conn, f"CREATE DATABASE bench_copy TEMPLATE {tpl}"))
                         conn.execute("DROP DATABASE bench_copy")
-                    for name, strategy in CORE:
+                    for name, setting, strategy in core_methods(c):
                         times[name] = []
+                        if setting:
+                            conn.execute(setting)
                         for _ in range(core_runs):
                             try:
                                 times[name].append(timed_create(
@@ -152,6 +163,10 @@ def latency(c):
     if len(branch) >= 2:
         (mb1, p1), (mb2, p2) = branch[-2], branch[-1]
         say(f"  flat: {mb2} MB within 2x of {mb1} MB: {p2 / p1:.2f}x {'met' if p2 <= 2 * p1 else 'NOT met'}")
+        for name in ("core WAL_LOG", "core FILE_COPY", "core FILE_COPY, clone"):
+            v = idle.get((mb2, name))
+            if v:
+                say(f"  at {mb2} MB pg_branch is {v / p2:.0f}x faster than {name}")
         wal = idle.get((mb2, "core WAL_LOG"))
         if wal:
             say(f"  >= 1000x faster than WAL_LOG at {mb2} MB: {wal / p2:.0f}x {'met' if wal / p2 >= 1000 else 'NOT met'}")
@@ -214,8 +229,12 @@ def disk(c):
     fresh = exclusive_bytes(path)
     rows.append(["fresh branch", 0, fresh])
     say(f"  fresh branch of {tpl}: {fresh / 1024:.1f} kB exclusive (target <= 1 MB: {'met' if fresh <= 2**20 else 'NOT met'})")
-    for share, modulo in (("1 %", 100), ("10 %", 10)):
-        c.sql(f"UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid % {modulo} = 0", dbname="disk_b")
+    rows_total = c.one("SELECT count(*) FROM pgbench_accounts", dbname="disk_b")
+    # A contiguous 1 % (then 10 %) of the rows, so about that share of the
+    # table's pages: every 100th row would touch every page.
+    for share, fraction in (("1 %", 100), ("10 %", 10)):
+        c.sql(f"UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid <= {rows_total // fraction}",
+              dbname="disk_b")
         c.sql("CHECKPOINT")
         ex = exclusive_bytes(path)
         rows.append([f"after rewriting {share} of pgbench_accounts", share, ex])
@@ -293,7 +312,8 @@ def draw(plot):
 
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
     style = {"pg_branch": ("o-", "tab:green"), "core WAL_LOG": ("s-", "tab:red"),
-             "core FILE_COPY": ("^-", "tab:orange"), "raw btrfs snapshot (floor)": (":", "gray")}
+             "core FILE_COPY": ("^-", "tab:orange"), "core FILE_COPY, clone": ("v--", "tab:purple"),
+             "raw btrfs snapshot (floor)": (":", "gray")}
     for name, points in plot.items():
         points = sorted(points)
         fmt, color = style.get(name, ("x-", None))
@@ -302,8 +322,9 @@ def draw(plot):
     ax.set_yscale("log")
     ax.set_xlabel("template size (MB, pgbench)")
     ax.set_ylabel("CREATE DATABASE, p50 (ms)")
-    version = subprocess.run([PG_BIN / "postgres", "--version"], capture_output=True, text=True).stdout.split()[-1]
-    ax.set_title(f"Branch time against template size (PostgreSQL {version}, btrfs, idle)")
+    version = subprocess.run([PG_BIN / "postgres", "--version"], capture_output=True, text=True).stdout.split()[2]
+    ax.set_title(f"CREATE DATABASE time against template size\n(PostgreSQL {version.split('-')[0]}, btrfs loop mount, idle)",
+                 fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
     fig.text(0.99, 0.01, f"{time.strftime('%Y-%m-%d')}, {os.cpu_count()} vCPU, bench/run.sh suite",
