@@ -63,7 +63,7 @@ build_from_debian_source() {
     prefix=$(pg_prefix "$1")
     [ -x "$prefix/bin/pg_config" ] && [ -f "$prefix/lib/postgresql/amcheck.so" -o -f "$prefix/lib/amcheck.so" ] && return
     say "PostgreSQL $v: building from Debian's source package into $prefix (several minutes)"
-    apt-get install -y -qq bison flex libicu-dev libreadline-dev zlib1g-dev libssl-dev liblz4-dev \
+    apt-get install -y -qq bison flex libicu-dev libreadline-dev zlib1g-dev libssl-dev liblz4-dev bzip2 curl \
         libzstd-dev pkg-config make gcc perl >/dev/null
     local orig
     orig=$(fetch_orig "$v")
