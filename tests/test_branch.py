@@ -6,7 +6,7 @@ import subprocess
 import psycopg
 import pytest
 
-from conftest import exclusive_bytes, is_subvolume
+from conftest import PG_BIN, exclusive_bytes, is_subvolume
 
 
 def fingerprint(cluster, db):
@@ -196,3 +196,26 @@ def test_branch_survives_a_crash_right_after_commit(branch, app):
     assert fingerprint(branch, "b_crash") == want
     assert is_subvolume(branch.db_path("b_crash"))
     branch.sql("DROP DATABASE b_crash")
+
+
+def test_a_1gb_pgbench_template_is_branched(branch):
+    """The done-when of every supported version: a ~1 GB pgbench template
+    (scale 70) on the btrfs mount is branched by snapshot, equal to its
+    template, sharing all its blocks."""
+    branch.sql("DROP DATABASE IF EXISTS big_b")
+    branch.sql("DROP DATABASE IF EXISTS big")
+    branch.sql("CREATE DATABASE big")
+    subprocess.run(["sudo", "-u", "postgres", PG_BIN / "pgbench", "-q", "-i", "-s", "70", "-h", branch.sock,
+                    "-p", str(branch.port), "-U", "postgres", "big"], check=True, capture_output=True)
+    assert branch.one("SELECT pg_database_size('big')") > 1_000_000_000
+    with branch.connect() as conn:
+        conn.execute("CREATE DATABASE big_b TEMPLATE big")
+        assert conn.execute("SELECT method FROM pgbranch.last_branch()").fetchone() == ("snapshot",)
+    q = "SELECT count(*), sum(abalance), sum(hashtext(filler)) FROM pgbench_accounts"
+    want = branch.sql(q, dbname="big")
+    assert want[0][:2] == (7_000_000, 0)
+    assert branch.sql(q, dbname="big_b") == want
+    branch.sql("CHECKPOINT")
+    assert exclusive_bytes(branch.db_path("big_b")) < 1 << 20
+    branch.sql("DROP DATABASE big_b")
+    branch.sql("DROP DATABASE big")
