@@ -98,13 +98,21 @@ class Cluster:
         return pids
 
     def kill9(self):
-        """Kill the postmaster, then every other server process, with
-        SIGKILL (a power cut), and wait until they are all gone. A child the
-        postmaster forked just before dying is caught too: it runs in the
-        data directory like the rest (children call setsid(), so the
-        postmaster's process group does not hold them)."""
+        """A power cut: every server process dies at once, with no chance to
+        run exit callbacks (a backend that saw the postmaster die first
+        would clean up after itself, which a crash never does). All are
+        stopped with SIGSTOP, then killed with SIGKILL; a child the
+        postmaster forked meanwhile is caught by the loop, since every
+        server process runs in the data directory (children call setsid(),
+        so the postmaster's process group does not hold them)."""
         pid = int((self.data / "postmaster.pid").read_text().split()[0])
-        os.kill(pid, signal.SIGKILL)
+        pids = {pid, *self.server_pids()}
+        for sig in (signal.SIGSTOP, signal.SIGKILL):
+            for p in pids:
+                try:
+                    os.kill(p, sig)
+                except ProcessLookupError:
+                    pass
         deadline = time.time() + 30
         while time.time() < deadline:
             pids = self.server_pids()
