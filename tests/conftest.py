@@ -39,7 +39,9 @@ class Cluster:
         self.root = Path(root)
         self.data = self.root / "data"
         self.sock = self.root / "sock"
-        self.port = port
+        # Two checkouts can test side by side on one machine with their own
+        # ports (PG_BRANCH_TEST_PORT_OFFSET) and directories (the mounts).
+        self.port = port + int(os.environ.get("PG_BRANCH_TEST_PORT_OFFSET", "0"))
         self.preload = preload
         self.extra_conf = extra_conf
 
