@@ -10,6 +10,7 @@ import os
 import shutil
 import signal
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -169,6 +170,50 @@ class Cluster:
         return self.data / "base" / str(oid)
 
 
+def waiting_on_lock(cluster, application_name):
+    return cluster.one(
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s AND wait_event_type = 'Lock'",
+        params=(application_name,)) == 1
+
+
+class Background:
+    """Run one statement on its own connection in a thread."""
+
+    def __init__(self, cluster, sql, name, dbname="postgres"):
+        self.error = None
+        self.done = threading.Event()
+
+        def run():
+            try:
+                with cluster.connect(dbname) as conn:
+                    conn.execute("SELECT set_config('application_name', %s, false)", (name,))
+                    conn.execute(sql)
+            except psycopg.Error as e:
+                self.error = e
+            finally:
+                self.done.set()
+
+        self.thread = threading.Thread(target=run)
+        self.thread.start()
+
+    def join(self):
+        self.thread.join(60)
+        assert not self.thread.is_alive()
+        if self.error:
+            raise self.error
+
+
+def tablespace(cluster, name, directory):
+    """A tablespace in `directory` (made, owned by postgres), replacing any
+    earlier one of that name."""
+    cluster.sql(f"DROP TABLESPACE IF EXISTS {name}")
+    shutil.rmtree(directory, ignore_errors=True)
+    directory.mkdir(parents=True)
+    shutil.chown(directory, "postgres", "postgres")
+    cluster.sql(f"CREATE TABLESPACE {name} LOCATION '{directory}'")
+    return name
+
+
 def wait_for(predicate, timeout=30):
     """Poll `predicate` until it holds; False if it never did within `timeout` s."""
     deadline = time.time() + timeout
@@ -228,3 +273,21 @@ def xfs():
     c.sql("CREATE EXTENSION pg_branch")
     yield c
     c.stop(check=False)
+
+
+HORIZON_VIOLATIONS = """
+SELECT coalesce(string_agg(datname || ' ' || datfrozenxid, ', '), '') FROM pg_database
+ WHERE age(datfrozenxid) > age((pg_control_checkpoint()).oldest_xid)
+"""
+
+
+@pytest.fixture(autouse=True)
+def frozen_horizon_holds(request):
+    """After every test on the shared pg_branch cluster: no database may
+    claim XIDs older than the oldest one the cluster still keeps the
+    status of (clog truncation follows pg_control's oldest XID)."""
+    yield
+    if "branch" in request.fixturenames:
+        c = request.getfixturevalue("branch")
+        c.sql("CHECKPOINT")
+        assert c.one(HORIZON_VIOLATIONS) == "", "a database is older than the cluster's oldest XID"

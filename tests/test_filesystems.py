@@ -14,7 +14,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from conftest import exclusive_bytes, is_subvolume, mount
+from conftest import exclusive_bytes, is_subvolume, mount, tablespace
 
 APP = """
     CREATE TABLE accounts (id bigserial PRIMARY KEY, balance int NOT NULL, note text);
@@ -98,17 +98,6 @@ def test_branch_suite_on_each_filesystem(request, fs):
     assert storage == [(EXPECTED[fs],)]
     for db in ("fs_app", "fs_b1", "fs_b2"):
         c.sql(f"DROP DATABASE {db}")
-
-
-def tablespace(cluster, name, directory):
-    """A tablespace in `directory` (made, owned by postgres), replacing any
-    earlier one of that name."""
-    cluster.sql(f"DROP TABLESPACE IF EXISTS {name}")
-    shutil.rmtree(directory, ignore_errors=True)
-    directory.mkdir(parents=True)
-    shutil.chown(directory, "postgres", "postgres")
-    cluster.sql(f"CREATE TABLESPACE {name} LOCATION '{directory}'")
-    return name
 
 
 def tablespace_dirs(cluster, ts):
