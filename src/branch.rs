@@ -21,7 +21,7 @@ use std::time::Instant;
 
 /// One directory of the template to clone: the template's directory in
 /// tablespace `src_tablespace`, into `dst_tablespace`.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct CloneStep {
     pub src_tablespace: Oid,
     pub dst_tablespace: Oid,
@@ -43,10 +43,25 @@ pub fn plan(
     src_default: Oid,
     dst_default: Oid,
 ) -> Result<Result<Vec<CloneStep>, Unsupported>, pg_branch_storage::Error> {
+    plan_reusing(src_db, src_default, dst_default, &[])
+}
+
+/// [`plan`], taking the method of a directory that `known` already lists
+/// from there instead of probing its filesystem again.
+fn plan_reusing(
+    src_db: Oid,
+    src_default: Oid,
+    dst_default: Oid,
+    known: &[CloneStep],
+) -> Result<Result<Vec<CloneStep>, Unsupported>, pg_branch_storage::Error> {
     let mut steps = Vec::new();
     for ts in catalog::tablespaces() {
         let src = ffi::database_path(src_db, ts);
         if !has_entries(&src) {
+            continue;
+        }
+        if let Some(step) = known.iter().find(|s| s.src_tablespace == ts) {
+            steps.push(step.clone());
             continue;
         }
         let dst_tablespace = if ts == src_default { dst_default } else { ts };
@@ -126,6 +141,10 @@ pub unsafe fn createdb(pstate: *mut pg_sys::ParseState, stmt: *const pg_sys::Cre
             )
         });
 
+    // Hold back the template's frozen-XID horizon until we commit: core
+    // gets this from the template being unused (catalog::hold_frozen_ids).
+    catalog::hold_frozen_ids(template.oid);
+
     // A template interrupted in the middle of DROP DATABASE is not one.
     if pg_sys::database_is_invalid_oid(template.oid) {
         Report::new(
@@ -179,23 +198,15 @@ pub unsafe fn createdb(pstate: *mut pg_sys::ParseState, stmt: *const pg_sys::Cre
     }
 
     // How to clone each directory, decided now that the template is
-    // locked. The hook probed the same before handing us the statement, so
-    // this fails only if the template moved in between.
-    let steps = match plan(template.oid, template.tablespace, dst_tablespace) {
-        Ok(Ok(steps)) => steps,
-        Ok(Err(why)) => Report::new(
-            PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
-            format!(
-                "cannot branch database \"{}\"",
-                template_name.to_string_lossy()
-            ),
-        )
-        .detail(why.reason)
-        .error(),
-        // The filesystem failed us before anything was made: say where and
-        // why, as core's copy would, with nothing to clean up.
-        Err(e) => error(file_error_code(e.raw_os_error()), e.to_string()),
-    };
+    // locked, so that a statement that cannot be a branch fails before
+    // anything is written. The hook probed the same before handing us the
+    // statement, so this fails only if the template moved in between. The
+    // template's writers may still add directories: the plan is made
+    // again under the fence (step 5), probing only what is new.
+    let steps = steps_or_error(
+        plan(template.oid, template.tablespace, dst_tablespace),
+        &template_name,
+    );
 
     // 4. Catalog row first, as core does. pg_database stays locked
     // RowExclusive until commit. The row is invisible to others until then,
@@ -223,7 +234,8 @@ pub unsafe fn createdb(pstate: *mut pg_sys::ParseState, stmt: *const pg_sys::Cre
         },
         &template,
     );
-    catalog::record_dependencies(dboid, owner, template.oid);
+    // The template's shared dependencies are copied under the fence.
+    catalog::record_owner(dboid, owner);
 
     // 5.-11. From the first clone on, any failure must remove what was
     // cloned (cleanup.rs); the catalog row goes with the aborted
@@ -262,6 +274,28 @@ pub unsafe fn createdb(pstate: *mut pg_sys::ParseState, stmt: *const pg_sys::Cre
         stats.fence_wait_ms = ms(fence.waited);
         stats.fence_up_at = fence.up_at;
         stats.relations = fence.relations as i64;
+
+        // Everything that depends on the template's contents is read now
+        // that they cannot change: which directories to clone (a writer we
+        // waited for may have made a table in a tablespace where the
+        // template had no files), the tablespace rules that depend on
+        // them, and the shared dependencies. Catalog rows read before the
+        // fence are only those whose changes the template's database lock
+        // excludes (dattablespace, dathasloginevt: ALTER DATABASE SET
+        // TABLESPACE and CREATE EVENT TRIGGER ... ON login take
+        // AccessExclusiveLock on it) or whose staleness is on the safe side
+        // (datfrozenxid, datminmxid: catalog::hold_frozen_ids).
+        // SAFETY: drops this transaction's catalog snapshot; the next
+        // catalog scan takes a new one, after the fence.
+        unsafe { pg_sys::InvalidateCatalogSnapshot() };
+        if let Some(name) = &o.tablespace {
+            check_new_default_tablespace(&template, &template_name, dst_tablespace, name);
+        }
+        let steps = steps_or_error(
+            plan_reusing(template.oid, template.tablespace, dst_tablespace, &steps),
+            &template_name,
+        );
+        catalog::copy_shared_dependencies(template.oid, dboid);
 
         // 6. Flush. Every page that committed transactions changed goes to
         // the kernel, so the clone sees it; no transaction that could still
@@ -381,6 +415,16 @@ fn ms(d: std::time::Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
+/// Whether the current role passes core's two privilege checks for
+/// copying `t`: CREATEDB, and the right to copy it (it is a template, or
+/// the role owns it).
+pub fn may_copy(t: &DatabaseRow) -> bool {
+    // SAFETY: a syscache lookup of the current role and the database,
+    // inside the transaction.
+    have_createdb_privilege()
+        && (t.is_template || unsafe { compat::database_ownercheck(t.oid, pg_sys::GetUserId()) })
+}
+
 /// Core's `have_createdb_privilege()`.
 fn have_createdb_privilege() -> bool {
     // SAFETY: syscache lookup of the current role, released before return.
@@ -416,24 +460,51 @@ unsafe fn resolve_tablespace(o: &CreatedbOptions, t: &DatabaseRow, template_name
             "pg_global cannot be used as default tablespace",
         );
     }
-    // As core: moving the default tablespace is refused if the template
-    // already has files in the new one, or the copy's pg_class would name
-    // that tablespace both explicitly and as "default".
-    if ts != t.tablespace {
-        let src = ffi::database_path(t.oid, ts);
-        if has_entries(&src) {
-            Report::new(
-                PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
-                format!("cannot assign new default tablespace \"{}\"", name.to_string_lossy()),
-            )
-            .detail(format!(
-                "There is a conflict because database \"{}\" already has some tables in this tablespace.",
-                template_name.to_string_lossy()
-            ))
-            .error();
-        }
-    }
+    check_new_default_tablespace(t, template_name, ts, name);
     ts
+}
+
+/// As core: moving the default tablespace (to `ts`, named `name`) is
+/// refused if the template already has files in the new one, or the copy's
+/// pg_class would name that tablespace both explicitly and as "default".
+/// Checked before anything is written, and again under the fence.
+fn check_new_default_tablespace(t: &DatabaseRow, template_name: &CStr, ts: Oid, name: &CStr) {
+    if ts != t.tablespace && has_entries(&ffi::database_path(t.oid, ts)) {
+        Report::new(
+            PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
+            format!(
+                "cannot assign new default tablespace \"{}\"",
+                name.to_string_lossy()
+            ),
+        )
+        .detail(format!(
+            "There is a conflict because database \"{}\" already has some tables in this tablespace.",
+            template_name.to_string_lossy()
+        ))
+        .error();
+    }
+}
+
+/// The steps of a plan, or the error that says why there are none: the
+/// template cannot be branched after all (it moved since the hook looked),
+/// or the filesystem failed us (where and why, as core's copy would say).
+fn steps_or_error(
+    plan: Result<Result<Vec<CloneStep>, Unsupported>, pg_branch_storage::Error>,
+    template_name: &CStr,
+) -> Vec<CloneStep> {
+    match plan {
+        Ok(Ok(steps)) => steps,
+        Ok(Err(why)) => Report::new(
+            PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
+            format!(
+                "cannot branch database \"{}\"",
+                template_name.to_string_lossy()
+            ),
+        )
+        .detail(why.reason)
+        .error(),
+        Err(e) => error(file_error_code(e.raw_os_error()), e.to_string()),
+    }
 }
 
 /// The new database's OID: the one given with OID (checked as core checks

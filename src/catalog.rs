@@ -348,17 +348,65 @@ pub unsafe fn insert_database_row(rel: pg_sys::Relation, db: &NewDatabase, templ
     pg_sys::CatalogTupleInsert(rel, tuple);
 }
 
-/// The dependency rows and hooks core creates with a database: the owner
-/// dependency, a copy of the template's shared dependencies (its objects'
-/// owners and ACL roles now also own / are named in the new database), and
-/// the object-access hook that security modules (sepgsql) rely on.
-pub fn record_dependencies(db: Oid, owner: Oid, template: Oid) {
+/// Hold back the frozen-ID horizon of database `db` until this transaction
+/// ends: take its `DATABASE_FROZEN_IDS` lock in ShareLock, which conflicts
+/// with the ExclusiveLock that `vac_update_datfrozenxid()` takes before it
+/// advances `datfrozenxid` / `datminmxid` and truncates pg_xact and
+/// pg_multixact.
+///
+/// Why: `vac_truncate_clog()` truncates below the oldest `datfrozenxid` of
+/// the rows it can see, and a new database's row is invisible until it
+/// commits. Core relies on "the interlock against copying a DB containing
+/// an active backend" (vacuum.c) for the template's horizon not to move in
+/// that window; a branch's template may be in use, so we lock it instead.
+/// With the lock held from before the clone to commit, the template's own
+/// row keeps the horizon at or below every XID the clone can hold, and from
+/// commit on the branch's row (a copy of the template's, read earlier: the
+/// same or older) does. A VACUUM of the template waits at its last step
+/// for the branch to commit. A branch that finds a VACUUM in that step
+/// waits for it; that step holds no lock a branch takes, so the two cannot
+/// deadlock.
+pub fn hold_frozen_ids(db: Oid) {
+    let tag = pg_sys::LOCKTAG {
+        locktag_field1: db.to_u32(),
+        locktag_field2: 0,
+        locktag_field3: 0,
+        locktag_field4: 0,
+        locktag_type: pg_sys::LockTagType::LOCKTAG_DATABASE_FROZEN_IDS as u8,
+        locktag_lockmethodid: pg_sys::DEFAULT_LOCKMETHOD as u8,
+    };
+    // SAFETY: a transaction-scoped lock on a valid LOCKTAG (core's
+    // SET_LOCKTAG_DATABASE_FROZEN_IDS); waiting honours lock_timeout and
+    // cancellation, and errors unwind through pgrx's guard.
+    unsafe { pg_sys::LockAcquire(&tag, pg_sys::ShareLock as _, false, false) };
+}
+
+/// The dependency rows and hooks core creates with a database that do not
+/// depend on the template's contents: the owner dependency, and the
+/// object-access hook that security modules (sepgsql) rely on.
+pub fn record_owner(db: Oid, owner: Oid) {
     // SAFETY: plain catalog calls inside the creating transaction.
     unsafe {
         pg_sys::recordDependencyOnOwner(pg_sys::DatabaseRelationId, db, owner);
-        pg_sys::copyTemplateDependencies(template, db);
         if (*std::ptr::addr_of!(pg_sys::object_access_hook)).is_some() {
             pg_sys::RunObjectPostCreateHook(pg_sys::DatabaseRelationId, db, 0, false);
         }
+    }
+}
+
+/// Copy the template's shared dependencies (its objects' owners and the
+/// roles its ACLs name now also own / are named in the new database), as
+/// core's `copyTemplateDependencies()`.
+///
+/// Must run while the writer fence is up: every change to them (GRANT,
+/// ALTER ... OWNER, CREATE, DROP) also writes a catalog of the template,
+/// which the fence locks, so they now match the files being cloned. The
+/// catalog snapshot is refreshed first, so the scan sees every such change
+/// that committed before the fence was complete.
+pub fn copy_shared_dependencies(template: Oid, db: Oid) {
+    // SAFETY: plain catalog calls inside the creating transaction.
+    unsafe {
+        pg_sys::InvalidateCatalogSnapshot();
+        pg_sys::copyTemplateDependencies(template, db);
     }
 }

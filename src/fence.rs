@@ -1,20 +1,33 @@
 //! The writer fence (DESIGN step 5): while it is up, nobody writes to the
-//! template, so a clone taken then is a transactionally consistent copy.
+//! template, and nobody holds a row lock in it, so a clone taken then is a
+//! transactionally consistent copy that names no transaction in progress.
 //!
-//! The fence is a `ShareLock` on every relation of the template: first its
-//! `pg_class`, so no relation can be created or changed while we list them,
-//! then every relation that `pg_class` lists. ShareLock conflicts with the
-//! lock of every writer (RowExclusiveLock for INSERT/UPDATE/DELETE and
-//! `nextval`, ShareUpdateExclusiveLock for VACUUM, ANALYZE and CREATE INDEX
-//! CONCURRENTLY, and everything stronger) and with no reader
-//! (AccessShareLock) and no new connection. Relation locks are held to the
-//! end of the transaction that took them, so once the fence is complete
-//! every transaction that wrote to the template has committed or aborted,
-//! and no new one can write until we lower it.
+//! The fence is an `ExclusiveLock` on every relation of the template: first
+//! its `pg_class`, so no relation can be created or changed while we list
+//! them, then every relation that `pg_class` lists. ExclusiveLock conflicts
+//! with every lock but AccessShareLock: with the writers' (RowExclusiveLock
+//! for INSERT/UPDATE/DELETE and `nextval`, ShareUpdateExclusiveLock for
+//! VACUUM, ANALYZE and CREATE INDEX CONCURRENTLY, ShareLock for CREATE
+//! INDEX, and everything stronger) and with the row lockers' (RowShareLock:
+//! `SELECT … FOR UPDATE / NO KEY UPDATE / SHARE / KEY SHARE`, and every
+//! foreign-key check). Plain readers (AccessShareLock) and new connections
+//! never wait. Relation locks are held to the end of the transaction that
+//! took them, so once the fence is complete every transaction that wrote
+//! to the template or locked one of its rows has committed or aborted, and
+//! no new one can until we lower it.
+//!
+//! Why row lockers too: a row lock writes the locker's XID (or a multixact
+//! naming it) into the tuple's xmax, and clears the page's all-frozen bit
+//! in the visibility map, a different buffer. With row lockers let through
+//! (the first version fenced with ShareLock), a branch could hold a
+//! lock-only xmax of a transaction still running in another database, and
+//! a heap page and its VM page could reach the clone at different moments:
+//! an all-frozen bit over an unfrozen xmax, which aggressive VACUUM in the
+//! branch then trusts.
 //!
 //! Deadlock freedom: we never wait for a lock while holding another fence
 //! lock. Locks are taken without waiting; when one is busy, every fence lock
-//! is released, we wait for that relation's writers alone, and start again
+//! is released, we wait for that relation's holders alone, and start again
 //! holding just that one. A writer that takes its tables in a different
 //! order than we do can therefore never deadlock with us, only make us
 //! retry. While we wait, we stay out of the relation's lock queue as long
@@ -32,7 +45,7 @@
 //! Reading the template's `pg_class` from another database works as in
 //! core's `ScanSourceDatabasePgClass()`: through its relation map and the
 //! buffer manager, never the relcache. Unlike core, other sessions may be
-//! connected to the template, so the ShareLock on its `pg_class` is what
+//! connected to the template, so the lock on its `pg_class` is what
 //! guarantees no in-progress pg_class writer; the snapshot is taken after it.
 
 use crate::compat;
@@ -52,7 +65,10 @@ struct Relation {
     kind: u8,
 }
 
-/// A raised fence: the relations of `db` we hold ShareLock on.
+/// The lock mode of the fence (module comment).
+const FENCE_LOCK: pg_sys::LOCKMODE = pg_sys::ExclusiveLock as _;
+
+/// A raised fence: the relations of `db` we hold [`FENCE_LOCK`] on.
 pub struct Fence {
     db: Oid,
     held: Vec<Oid>,
@@ -130,7 +146,7 @@ impl Fence {
         for rel in self.held.drain(..) {
             let tag = relation_tag(self.db, rel);
             // SAFETY: we took exactly this lock once per entry of `held`.
-            unsafe { pg_sys::LockRelease(&tag, pg_sys::ShareLock as _, false) };
+            unsafe { pg_sys::LockRelease(&tag, FENCE_LOCK, false) };
         }
     }
 
@@ -150,9 +166,10 @@ impl Fence {
         self.release_all();
         let tag = relation_tag(self.db, rel);
         let holders = holders(self.db, rel);
-        if let Some(Holder::Prepared { xid, gid }) = holders
+        if let Some(Who::Prepared { xid, gid }) = holders
             .iter()
-            .find(|h| matches!(h, Holder::Prepared { .. }))
+            .map(|h| &h.who)
+            .find(|w| matches!(w, Who::Prepared { .. }))
         {
             Report::new(
                 PgSqlErrorCode::ERRCODE_SUCCESSFUL_COMPLETION,
@@ -164,11 +181,21 @@ impl Fence {
             .hint("Finish it with COMMIT PREPARED or ROLLBACK PREPARED; SELECT * FROM pg_prepared_xacts shows it.")
             .notice();
         }
+        // A holder of ExclusiveLock or stronger (another branch's fence, or
+        // a LOCK TABLE) already makes every new writer queue behind it, so
+        // joining the queue at once costs the writers nothing, and we then
+        // wait only until that lock is released, not for its transaction
+        // to end (a branch's ends after its checkpoint).
+        let rounds = if holders.iter().any(|h| h.blocks_writers) {
+            0
+        } else {
+            QUEUE_AFTER
+        };
         let described = describe(&holders);
         let db_display = db_name.to_string_lossy().into_owned();
         let rel_display = rel_name.to_string();
         PgTryBuilder::new(|| {
-            for _ in 0..QUEUE_AFTER {
+            for _ in 0..rounds {
                 if try_lock(&tag) {
                     return;
                 }
@@ -177,13 +204,13 @@ impl Fence {
             }
             // SAFETY: a blocking LockAcquire; lock_timeout, cancellation
             // and deadlock errors unwind to the catch below.
-            unsafe { pg_sys::LockAcquire(&tag, pg_sys::ShareLock as _, false, false) };
+            unsafe { pg_sys::LockAcquire(&tag, FENCE_LOCK, false, false) };
         })
         .catch_when(PgSqlErrorCode::ERRCODE_LOCK_NOT_AVAILABLE, |e| {
-            let hint = if holders.iter().any(|h| matches!(h, Holder::Prepared { .. })) {
+            let hint = if holders.iter().any(|h| matches!(h.who, Who::Prepared { .. })) {
                 "Finish the prepared transaction with COMMIT PREPARED or ROLLBACK PREPARED; SELECT * FROM pg_prepared_xacts shows it."
             } else {
-                "A branch waits until every transaction that wrote to its template has ended; pg_stat_activity shows the sessions."
+                "A branch waits until every transaction that wrote to its template or locked one of its rows has ended; pg_stat_activity shows the sessions."
             };
             let message = match &e {
                 pg_sys::panic::CaughtError::PostgresError(r)
@@ -192,7 +219,7 @@ impl Fence {
             };
             Report::new(PgSqlErrorCode::ERRCODE_LOCK_NOT_AVAILABLE, message)
                 .detail(format!(
-                    "CREATE DATABASE was waiting for ShareLock on relation \"{rel_display}\" of template database \"{db_display}\", held by {described}."
+                    "CREATE DATABASE was waiting for ExclusiveLock on relation \"{rel_display}\" of template database \"{db_display}\", held by {described}."
                 ))
                 .hint(hint)
                 .error()
@@ -205,18 +232,18 @@ impl Fence {
 /// Rounds of waiting outside the lock queue before joining it.
 const QUEUE_AFTER: usize = 5;
 
-/// Take ShareLock on `tag` if nobody holds a conflicting lock.
+/// Take the fence lock on `tag` if nobody holds a conflicting lock.
 fn try_lock(tag: &pg_sys::LOCKTAG) -> bool {
     // SAFETY: `tag` is a valid LOCKTAG; not waiting, so no error other
     // than out-of-shared-memory can come from here, and that unwinds.
     unsafe {
-        pg_sys::LockAcquire(tag, pg_sys::ShareLock as _, false, true)
+        pg_sys::LockAcquire(tag, FENCE_LOCK, false, true)
             != pg_sys::LockAcquireResult::LOCKACQUIRE_NOT_AVAIL
     }
 }
 
 /// Wait until every transaction that holds a lock conflicting with
-/// ShareLock on `tag` right now has ended, without queueing for `tag`
+/// the fence lock on `tag` right now has ended, without queueing for `tag`
 /// itself. Honours lock_timeout and cancellation (the waits are lock
 /// waits on each transaction's virtual XID).
 fn wait_for_holders(tag: &pg_sys::LOCKTAG) {
@@ -225,7 +252,7 @@ fn wait_for_holders(tag: &pg_sys::LOCKTAG) {
     // transaction included).
     unsafe {
         let mut count = 0;
-        let vxids = pg_sys::GetLockConflicts(tag, pg_sys::ShareLock as _, &mut count);
+        let vxids = pg_sys::GetLockConflicts(tag, FENCE_LOCK, &mut count);
         let vxids: Vec<_> = (0..count as usize).map(|i| *vxids.add(i)).collect();
         for vxid in vxids {
             pg_sys::VirtualXactLock(vxid, true);
@@ -245,41 +272,54 @@ fn relation_tag(db: Oid, rel: Oid) -> pg_sys::LOCKTAG {
     }
 }
 
-enum Holder {
+/// A transaction holding a lock that conflicts with the fence.
+struct Holder {
+    who: Who,
+    /// Whether its lock is ExclusiveLock or stronger.
+    blocks_writers: bool,
+}
+
+enum Who {
     Backend(i32),
     Prepared { xid: i64, gid: String },
 }
 
 /// Who holds a lock on relation `rel` of database `db` that conflicts with
-/// ShareLock, read from `pg_locks`. A prepared transaction shows there with
+/// the fence (any but AccessShareLock), read from `pg_catalog.pg_locks`. A prepared transaction shows there with
 /// no PID; its XID and GID come from its own transaction-ID lock and
 /// `pg_prepared_xacts`. (The lock manager's own answer, GetLockConflicts,
 /// cannot tell a prepared transaction from the session that prepared it
 /// in current minor releases.)
 fn holders(db: Oid, rel: Oid) -> Vec<Holder> {
     const QUERY: &str = "
-        SELECT l.pid, p.transaction::text::bigint, p.gid
-          FROM pg_locks l
-          LEFT JOIN pg_locks x ON l.pid IS NULL AND x.pid IS NULL AND x.locktype = 'transactionid'
+        SELECT l.pid, p.transaction::text::bigint, p.gid,
+               bool_or(l.mode IN ('ExclusiveLock', 'AccessExclusiveLock'))
+          FROM pg_catalog.pg_locks l
+          LEFT JOIN pg_catalog.pg_locks x ON l.pid IS NULL AND x.pid IS NULL AND x.locktype = 'transactionid'
                               AND x.virtualtransaction = l.virtualtransaction
-          LEFT JOIN pg_prepared_xacts p ON p.transaction = x.transactionid
+          LEFT JOIN pg_catalog.pg_prepared_xacts p ON p.transaction = x.transactionid
          WHERE l.locktype = 'relation' AND l.database = $1 AND l.relation = $2 AND l.granted
-           AND l.mode IN ('RowExclusiveLock', 'ShareUpdateExclusiveLock', 'ShareRowExclusiveLock',
-                          'ExclusiveLock', 'AccessExclusiveLock')
+           AND l.mode <> 'AccessShareLock'
+         GROUP BY 1, 2, 3
          ORDER BY 1, 2";
     Spi::connect(|c| {
         let rows = c.select(QUERY, None, &[db.into(), rel.into()])?;
         let mut out = Vec::new();
         for row in rows {
-            match (
+            let who = match (
                 row.get::<i32>(1)?,
                 row.get::<i64>(2)?,
                 row.get::<String>(3)?,
             ) {
-                (Some(pid), _, _) => out.push(Holder::Backend(pid)),
-                (None, Some(xid), Some(gid)) => out.push(Holder::Prepared { xid, gid }),
-                _ => {}
-            }
+                (Some(pid), _, _) => Who::Backend(pid),
+                (None, Some(xid), Some(gid)) => Who::Prepared { xid, gid },
+                _ => continue,
+            };
+            let blocks_writers = row.get::<bool>(4)?.unwrap_or(false);
+            out.push(Holder {
+                who,
+                blocks_writers,
+            });
         }
         Ok::<_, pgrx::spi::SpiError>(out)
     })
@@ -289,9 +329,9 @@ fn holders(db: Oid, rel: Oid) -> Vec<Holder> {
 fn describe(holders: &[Holder]) -> String {
     let parts: Vec<String> = holders
         .iter()
-        .map(|h| match h {
-            Holder::Backend(pid) => format!("process {pid}"),
-            Holder::Prepared { xid, gid } => format!("prepared transaction \"{gid}\" (xid {xid})"),
+        .map(|h| match &h.who {
+            Who::Backend(pid) => format!("process {pid}"),
+            Who::Prepared { xid, gid } => format!("prepared transaction \"{gid}\" (xid {xid})"),
         })
         .collect();
     if parts.is_empty() {
@@ -315,7 +355,7 @@ pub fn relation_count(db: Oid, tablespace: Oid) -> usize {
 /// TOAST tables, then indexes, the order in which writers take them.
 fn template_relations(db: Oid, tablespace: Oid) -> Vec<Relation> {
     let mut out = Vec::new();
-    // SAFETY: as core's ScanSourceDatabasePgClass: ShareLock on the
+    // SAFETY: as core's ScanSourceDatabasePgClass: the fence lock on the
     // template's pg_class is held, each buffer is pinned and share-locked
     // while its tuples are read, and everything is released here.
     unsafe {

@@ -109,6 +109,13 @@ unsafe fn ours(stmt: *mut pg_sys::CreatedbStmt, top_level: bool) -> bool {
     let Some(template) = catalog::lock_database(&template_name, pg_sys::NoLock as _) else {
         return false;
     };
+    // A role that may not make this database gets core's error from
+    // branch::createdb, in core's order, before pg_branch looks at any
+    // filesystem (whose probe would create a file in the target
+    // tablespace, and whose NOTICE would show paths).
+    if !branch::may_copy(&template) {
+        return true;
+    }
     let dst_tablespace = match options::peek(stmt, "tablespace") {
         None => template.tablespace,
         Some(name) => match pg_sys::get_tablespace_oid(name.as_ptr(), true) {

@@ -14,41 +14,8 @@ import time
 import psycopg
 import pytest
 
-from conftest import PG_BIN, Cluster, as_postgres, mount, wait_for
+from conftest import PG_BIN, Background, Cluster, as_postgres, mount, wait_for, waiting_on_lock
 
-
-
-def waiting_on_lock(cluster, application_name):
-    return cluster.one(
-        "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s AND wait_event_type = 'Lock'",
-        params=(application_name,)) == 1
-
-
-class Background:
-    """Run one statement on its own connection in a thread."""
-
-    def __init__(self, cluster, sql, name, dbname="postgres"):
-        self.error = None
-        self.done = threading.Event()
-
-        def run():
-            try:
-                with cluster.connect(dbname) as conn:
-                    conn.execute("SELECT set_config('application_name', %s, false)", (name,))
-                    conn.execute(sql)
-            except psycopg.Error as e:
-                self.error = e
-            finally:
-                self.done.set()
-
-        self.thread = threading.Thread(target=run)
-        self.thread.start()
-
-    def join(self):
-        self.thread.join(60)
-        assert not self.thread.is_alive()
-        if self.error:
-            raise self.error
 
 
 @pytest.fixture
@@ -177,7 +144,7 @@ def test_lock_timeout_names_what_blocked_the_branch(branch, live):
                 conn.execute("CREATE DATABASE live_b TEMPLATE live")
     d = e.value.diag
     assert d.message_primary == "canceling statement due to lock timeout"
-    assert d.message_detail == ('CREATE DATABASE was waiting for ShareLock on relation "t1" of template '
+    assert d.message_detail == ('CREATE DATABASE was waiting for ExclusiveLock on relation "t1" of template '
                                 f'database "live", held by process {writer_pid}.')
     assert "pg_stat_activity" in d.message_hint
     assert branch.db_dirs() == before

@@ -289,7 +289,7 @@ def test_prepared_transaction_in_template(clusters):
     assert want[:4] == ("error", "55006", 'source database "tpl_busy" is being accessed by other users',
                         "There is 1 prepared transaction using the database.")
     assert got[:3] == ("error", "55P03", "canceling statement due to lock timeout")
-    assert got[3] == (f'CREATE DATABASE was waiting for ShareLock on relation "p" of template database "tpl_busy", '
+    assert got[3] == (f'CREATE DATABASE was waiting for ExclusiveLock on relation "p" of template database "tpl_busy", '
                       f'held by prepared transaction "regress_busy" (xid {xid}).')
     assert "pg_prepared_xacts" in got[4]
     assert ("NOTICE", "00000", f'waiting for prepared transaction "regress_busy" (xid {xid}), which wrote to '

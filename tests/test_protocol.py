@@ -1,0 +1,269 @@
+"""The branch protocol's interlocks: what core gets from "nobody is
+connected to the template", restored one by one.
+
+Each test here reproduced a hole in the first version of the protocol (see
+the commit that added it): clog truncated under a branch, a clone plan made
+before the fence, row lockers let through, shared dependencies copied too
+early, filesystem probes before the privilege checks.
+"""
+
+import threading
+
+import psycopg
+import pytest
+
+from conftest import HORIZON_VIOLATIONS, Background, Cluster, mount, tablespace, wait_for, waiting_on_lock
+from test_cleanup import checkpointer_stopped
+
+
+def waiting(cluster, application_name, wait_event_type):
+    return cluster.one(
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s AND wait_event_type = %s",
+        params=(application_name, wait_event_type)) == 1
+
+
+@pytest.fixture
+def tpl(branch):
+    """A template `proto` with two tables, dropped (with its branches) afterwards."""
+    branch.sql("DROP DATABASE IF EXISTS proto WITH (FORCE)")
+    branch.sql("CREATE DATABASE proto")
+    branch.sql("""
+        CREATE TABLE t1 (id int PRIMARY KEY, note text);
+        CREATE TABLE t2 (id int PRIMARY KEY, note text);
+        INSERT INTO t1 VALUES (1, 'one'), (2, 'two');
+    """, dbname="proto")
+    yield "proto"
+    for (db,) in branch.sql("SELECT datname FROM pg_database WHERE datname LIKE 'proto%'"):
+        branch.sql(f"DROP DATABASE {db} WITH (FORCE)")
+
+
+def test_vacuum_of_the_template_cannot_truncate_clog_the_branch_needs():
+    """Until the branch commits, its pg_database row (with the template's
+    datfrozenxid) is invisible to vac_truncate_clog(). A VACUUM FREEZE of the
+    template in that window used to advance the cluster's oldest XID past
+    XIDs that are unfrozen in the branch's files, and truncate pg_xact under
+    them; reading the branch then failed with "could not access status of
+    transaction". The branch now holds the template's frozen-ID lock, so the
+    vacuum waits for it to commit."""
+    c = Cluster(mount("PG_BRANCH_TEST_BTRFS") / "pytest-clog", 5504, extra_conf="autovacuum = off").init().start()
+    try:
+        c.sql("CREATE DATABASE clog_tpl")
+        # Rows whose XID is in the first pg_xact segment, written to disk
+        # before anyone reads them: no hint bits, so reading them asks pg_xact.
+        c.sql("CREATE TABLE t AS SELECT g FROM generate_series(1, 1000) g", dbname="clog_tpl")
+        c.sql("CHECKPOINT")
+        # Use up more than one pg_xact segment (1,048,576 XIDs).
+        c.sql("""CREATE PROCEDURE burn(n int) LANGUAGE plpgsql AS $$
+                 BEGIN FOR i IN 1..n LOOP PERFORM pg_current_xact_id(); COMMIT; END LOOP; END $$""")
+        with c.connect() as conn:
+            conn.execute("SET synchronous_commit = off")
+            conn.execute("CALL burn(1100000)")
+        # Every other database is frozen now: the template is the oldest.
+        c.sql("ALTER DATABASE template0 ALLOW_CONNECTIONS true")
+        for db in ("template0", "template1", "postgres"):
+            c.sql("VACUUM FREEZE", dbname=db)
+        c.sql("ALTER DATABASE template0 ALLOW_CONNECTIONS false")
+        assert (c.data / "pg_xact" / "0000").exists()
+
+        with checkpointer_stopped(c):
+            # The branch is cloned and logged, and waits for its checkpoint.
+            creator = Background(c, "CREATE DATABASE clog_branch TEMPLATE clog_tpl", "creator")
+            assert wait_for(lambda: waiting(c, "creator", "Extension"))
+            vacuum = Background(c, "VACUUM FREEZE", "vacuum", dbname="clog_tpl")
+            # Either it truncates pg_xact now (the hole) or it waits for
+            # the branch (the fix).
+            assert wait_for(lambda: vacuum.done.is_set() or waiting(c, "vacuum", "Lock"))
+        creator.join()
+        vacuum.join()
+        c.sql("VACUUM", dbname="postgres")  # any later vac_truncate_clog()
+        assert c.one("SELECT count(*) FROM t", dbname="clog_branch") == 1000
+        c.sql("CHECKPOINT")
+        assert c.one(HORIZON_VIOLATIONS) == ""
+        # The branch is a database like any other: freezing it lets the
+        # cluster's horizon move on.
+        c.sql("VACUUM FREEZE", dbname="clog_branch")
+        c.sql("VACUUM FREEZE", dbname="clog_tpl")
+        assert c.one("SELECT count(*) FROM t WHERE g > 0", dbname="clog_branch") == 1000
+    finally:
+        c.stop(check=False)
+
+
+def test_a_table_made_in_a_new_tablespace_while_the_branch_waits(branch, tpl):
+    """The clone plan (which tablespace directories to clone) is made under
+    the fence. A table created in a tablespace where the template had no
+    files yet, by a transaction that commits while the branch waits for a
+    writer, used to be in the branch's pg_class with no file behind it."""
+    ts = tablespace(branch, "proto_ts", mount("PG_BRANCH_TEST_BTRFS") / "pytest-proto-ts")
+    try:
+        with branch.connect(tpl, autocommit=False) as writer:
+            writer.execute("INSERT INTO t1 VALUES (3, 'open')")
+            creator = Background(branch, "CREATE DATABASE proto_b TEMPLATE proto", "creator")
+            assert wait_for(lambda: waiting_on_lock(branch, "creator"))
+            branch.sql(f"CREATE TABLE x TABLESPACE {ts} AS SELECT 1 AS one", dbname=tpl)
+            writer.execute("COMMIT")
+        creator.join()
+        assert branch.sql("SELECT one FROM x", dbname="proto_b") == [(1,)]
+        assert branch.one("SELECT count(*) FROM t1", dbname="proto_b") == 3
+    finally:
+        for (db,) in branch.sql("SELECT datname FROM pg_database WHERE datname LIKE 'proto%'"):
+            branch.sql(f"DROP DATABASE {db} WITH (FORCE)")
+        branch.sql(f"DROP TABLESPACE {ts}")
+
+
+def test_a_grant_while_the_branch_waits_is_in_its_shared_dependencies(branch, tpl):
+    """pg_shdepend rows are copied under the fence: a GRANT committed in the
+    template while the branch waits is in the branch's files, so it must be
+    in the branch's pg_shdepend too, or DROP ROLE would succeed and leave
+    the branch's ACL naming a role that no longer exists."""
+    branch.sql("DROP ROLE IF EXISTS proto_bob")
+    branch.sql("CREATE ROLE proto_bob")
+    try:
+        with branch.connect(tpl, autocommit=False) as writer:
+            writer.execute("INSERT INTO t1 VALUES (3, 'open')")
+            creator = Background(branch, "CREATE DATABASE proto_b TEMPLATE proto", "creator")
+            assert wait_for(lambda: waiting_on_lock(branch, "creator"))
+            branch.sql("GRANT SELECT ON t2 TO proto_bob", dbname=tpl)
+            writer.execute("COMMIT")
+        creator.join()
+        assert branch.one("SELECT has_table_privilege('proto_bob', 't2', 'SELECT')", dbname="proto_b")
+        branch.sql("REVOKE SELECT ON t2 FROM proto_bob", dbname=tpl)
+        with pytest.raises(psycopg.errors.DependentObjectsStillExist) as e:
+            branch.sql("DROP ROLE proto_bob")
+        assert e.value.diag.message_detail == "1 object in database proto_b"
+    finally:
+        for (db,) in branch.sql("SELECT datname FROM pg_database WHERE datname LIKE 'proto%'"):
+            branch.sql(f"DROP DATABASE {db} WITH (FORCE)")
+        branch.sql("DROP ROLE IF EXISTS proto_bob")
+
+
+def test_a_row_lock_holds_the_branch_up(branch, tpl):
+    """SELECT ... FOR UPDATE writes its XID into the row (a lock-only
+    xmax). Such a transaction used to pass the fence, so the branch held an
+    in-progress XID of another database, and an UPDATE of that row in the
+    branch waited for a transaction in the template. Row lockers are fenced
+    now, like writers."""
+    with branch.connect(tpl, autocommit=False) as locker:
+        locker.execute("SELECT * FROM t1 WHERE id = 1 FOR UPDATE")
+        locker_xid = locker.execute("SELECT pg_current_xact_id()::text").fetchone()[0]
+        creator = Background(branch, "CREATE DATABASE proto_b TEMPLATE proto", "creator")
+        assert wait_for(lambda: waiting_on_lock(branch, "creator"))
+        locker.execute("COMMIT")
+    creator.join()
+    # The lock-only xmax is still in the row, naming a transaction that
+    # had ended before the branch was made.
+    assert branch.one("SELECT xmax::text FROM t1 WHERE id = 1", dbname="proto_b") == locker_xid
+    assert branch.one("SELECT pg_xact_status(%s::xid8)", dbname="proto_b", params=(locker_xid,)) == "committed"
+    with branch.connect("proto_b") as conn:
+        conn.execute("SET lock_timeout = '5s'")
+        conn.execute("UPDATE t1 SET note = 'changed' WHERE id = 1")
+
+
+@pytest.mark.parametrize("lock", ["FOR UPDATE", "FOR NO KEY UPDATE", "FOR SHARE", "FOR KEY SHARE"])
+def test_lock_timeout_names_a_row_locker(branch, tpl, lock):
+    with branch.connect(tpl, autocommit=False) as locker:
+        locker.execute(f"SELECT * FROM t1 {lock}")
+        pid = locker.info.backend_pid
+        with branch.connect() as conn:
+            conn.execute("SET lock_timeout = '300ms'")
+            with pytest.raises(psycopg.errors.LockNotAvailable) as e:
+                conn.execute("CREATE DATABASE proto_b TEMPLATE proto")
+    assert e.value.diag.message_detail == (
+        'CREATE DATABASE was waiting for ExclusiveLock on relation "t1" of template '
+        f'database "proto", held by process {pid}.')
+    assert branch.one("SELECT count(*) FROM pg_database WHERE datname = 'proto_b'") == 0
+
+
+def test_multixact_row_lockers_leave_no_unfrozen_xmax_under_an_all_frozen_bit(branch, tpl):
+    """Two sessions share-lock rows of a frozen table (a multixact), commit,
+    and lock again, while branches are made. No branch may have a page
+    marked all-frozen in its visibility map that holds a lock-only xmax
+    (pg_check_frozen()), and none may hold the lockers' multixacts as in
+    progress."""
+    branch.require_contrib("pg_visibility")
+    branch.sql("CREATE TABLE frozen AS SELECT g AS id FROM generate_series(1, 5000) g", dbname=tpl)
+    branch.sql("VACUUM (FREEZE) frozen", dbname=tpl)
+    stop = threading.Event()
+    errors = []
+
+    def lockers():
+        try:
+            with branch.connect(tpl, autocommit=False) as a, branch.connect(tpl, autocommit=False) as b:
+                i = 0
+                while not stop.is_set():
+                    lo = (i * 97) % 5000
+                    a.execute("SELECT * FROM frozen WHERE id BETWEEN %s AND %s FOR SHARE", (lo, lo + 50))
+                    b.execute("SELECT * FROM frozen WHERE id BETWEEN %s AND %s FOR SHARE", (lo, lo + 50))
+                    a.commit()
+                    b.commit()
+                    i += 1
+        except psycopg.Error as e:
+            errors.append(e)
+
+    worker = threading.Thread(target=lockers)
+    worker.start()
+    try:
+        for n in range(20):
+            branch.sql(f"CREATE DATABASE proto_m{n} TEMPLATE proto")
+    finally:
+        stop.set()
+        worker.join(60)
+    assert not errors
+    for n in range(20):
+        db = f"proto_m{n}"
+        branch.sql("CREATE EXTENSION IF NOT EXISTS pg_visibility", dbname=db)
+        assert branch.sql("SELECT * FROM pg_check_frozen('frozen')", dbname=db) == [], db
+        with branch.connect(db) as conn:
+            conn.execute("SET lock_timeout = '5s'")
+            conn.execute("UPDATE frozen SET id = id")
+            conn.execute("VACUUM (FREEZE) frozen")
+
+
+def test_no_privilege_no_probe(ext4, core):
+    """A role without CREATEDB gets core's 42501 before pg_branch looks at
+    any filesystem: no NOTICE about copying, no 0A000 for STRATEGY =
+    SNAPSHOT on a filesystem that cannot clone."""
+    for c in (ext4, core):
+        c.sql("DROP ROLE IF EXISTS proto_nocreatedb")
+        c.sql("CREATE ROLE proto_nocreatedb LOGIN")
+    try:
+        for sql in ("CREATE DATABASE proto_np", "CREATE DATABASE proto_np STRATEGY = SNAPSHOT",
+                    "CREATE DATABASE proto_np TEMPLATE postgres"):
+            outcomes = []
+            for c in (ext4, core):
+                messages = []
+                with psycopg.connect(c.conninfo(user="proto_nocreatedb"), autocommit=True) as conn:
+                    conn.add_notice_handler(lambda d: messages.append(d.message_primary))
+                    with pytest.raises(psycopg.Error) as e:
+                        conn.execute(sql)
+                outcomes.append((e.value.diag.sqlstate, e.value.diag.message_primary, messages))
+            assert outcomes[0] == outcomes[1] == ("42501", "permission denied to create database", []), sql
+    finally:
+        for c in (ext4, core):
+            c.sql("DROP ROLE IF EXISTS proto_nocreatedb")
+
+
+def test_no_right_to_copy_no_probe(ext4, core):
+    """A role with CREATEDB that may not copy the template gets core's
+    "permission denied to copy database" before any filesystem probe."""
+    for c in (ext4, core):
+        c.sql("DROP DATABASE IF EXISTS proto_private")
+        c.sql("DROP ROLE IF EXISTS proto_creator")
+        c.sql("CREATE ROLE proto_creator LOGIN CREATEDB")
+        c.sql("CREATE DATABASE proto_private")
+    try:
+        for sql in ("CREATE DATABASE proto_np TEMPLATE proto_private",
+                    "CREATE DATABASE proto_np TEMPLATE proto_private STRATEGY = SNAPSHOT"):
+            outcomes = []
+            for c in (ext4, core):
+                messages = []
+                with psycopg.connect(c.conninfo(user="proto_creator"), autocommit=True) as conn:
+                    conn.add_notice_handler(lambda d: messages.append(d.message_primary))
+                    with pytest.raises(psycopg.Error) as e:
+                        conn.execute(sql)
+                outcomes.append((e.value.diag.sqlstate, e.value.diag.message_primary, messages))
+            assert outcomes[0] == outcomes[1] == (
+                "42501", 'permission denied to copy database "proto_private"', []), sql
+    finally:
+        for c in (ext4, core):
+            c.sql("DROP DATABASE IF EXISTS proto_private")
+            c.sql("DROP ROLE IF EXISTS proto_creator")
