@@ -347,8 +347,17 @@ pub unsafe fn createdb(pstate: *mut pg_sys::ParseState, stmt: *const pg_sys::Cre
         // then safe). With core's record, redo would re-copy the template
         // as it is after a crash, so we wait for the whole checkpoint, as
         // core's FILE_COPY does: crash recovery then never replays it.
+        //
+        // We also wait for the whole checkpoint when the new OID may have
+        // belonged to a database dropped since the last completed
+        // checkpoint: DROP DATABASE checkpoints before it logs the drop, so
+        // crash recovery would replay that drop, removing our directory
+        // (the same path), and then our record would clone the template as
+        // it is on disk after the crash. An OID given with OID = N may be
+        // one; one we chose ourselves is new unless the OID counter came
+        // round (see wal::oid_may_be_reused).
         let checkpoint_started = Instant::now();
-        if wal::core_record() {
+        if wal::core_record() || wal::oid_may_be_reused(dboid, o.oid != pg_sys::InvalidOid) {
             ffi::request_checkpoint(
                 ffi::CHECKPOINT_IMMEDIATE | ffi::CHECKPOINT_FORCE | ffi::CHECKPOINT_WAIT,
             );

@@ -161,6 +161,21 @@ mod recovery {
     }
 }
 
+/// Whether recovery has reached a consistent state: every page is at least
+/// as new as the minimum recovery point (false in crash recovery until the
+/// end of WAL, and in archive recovery until the backup's end).
+pub fn reached_consistency() -> bool {
+    // SAFETY: a plain bool the startup process maintains.
+    unsafe { pg_sys::reachedConsistency }
+}
+
+/// `allow_in_place_tablespaces` (a developer setting that lets a tablespace
+/// be a directory inside pg_tblspc).
+pub fn allow_in_place_tablespaces() -> bool {
+    // SAFETY: a GUC variable, read in the process that owns it.
+    unsafe { pg_sys::allow_in_place_tablespaces }
+}
+
 /// Whether this process is replaying WAL in archive recovery (a standby or
 /// point-in-time recovery) rather than crash recovery.
 pub fn in_archive_recovery() -> bool {

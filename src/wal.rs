@@ -195,6 +195,22 @@ pub fn wait_for_checkpoint_start(lsn: pg_sys::XLogRecPtr) {
     }
 }
 
+/// Whether a branch with OID `db` (`explicit`: given with `OID = N`) must
+/// wait for a whole checkpoint before it commits, because a database with
+/// the same OID may have been dropped after the last completed checkpoint:
+/// crash recovery would replay that drop (removing the branch's directory,
+/// the same path) and then our record, cloning the template as it is on
+/// disk after the crash.
+///
+/// An explicit OID may be anyone's. An OID we chose ourselves comes from
+/// the OID counter, which gives a just-dropped database's OID again only
+/// after it has come round, or if that database had been given its OID
+/// explicitly; those cases are not told apart yet, so they take the fast
+/// path.
+pub fn oid_may_be_reused(_db: Oid, explicit: bool) -> bool {
+    explicit
+}
+
 /// Log the removal of `<ts>/<db>` for each of `tablespaces` with core's
 /// DROP record, so a standby that replayed a branch's creation removes its
 /// copy too (as core's `remove_dbtablespaces()` does).
@@ -229,6 +245,14 @@ unsafe fn decode<T: Copy>(record: *mut pg_sys::XLogReaderState) -> (u8, Option<T
     (info, rec)
 }
 
+/// Replay a record: core's `dbase_redo()` for `XLOG_DBASE_CREATE_FILE_COPY`,
+/// step by step (flush the source's buffers, replace the target, create a
+/// missing tablespace parent as `recovery_create_dbdir()` does, release
+/// every process's file handles before removing anything, copy), with three
+/// differences, each explained where it happens: an existing target that
+/// is known to be the whole branch is kept instead of copied again; the
+/// copy is a clone by the best method this host has, built under a
+/// temporary name and renamed into place; and the rename is made durable.
 #[pg_guard]
 unsafe extern "C-unwind" fn redo(record: *mut pg_sys::XLogReaderState) {
     let info = decode::<u8>(record).0;
@@ -270,20 +294,14 @@ unsafe extern "C-unwind" fn redo(record: *mut pg_sys::XLogReaderState) {
             log(format!("pg_branch redo: kept \"{}\", {why}", dst.display()));
             return;
         }
+        // As dbase_redo() before it replaces a directory: every process
+        // (hot-standby readers) closes the file descriptors it holds, so
+        // none keeps writing to, or reading, a file we remove.
+        crate::convert::release_file_handles();
         remove_or_fail(&dst);
     }
     let parent = dst.parent().map(|p| p.to_path_buf()).unwrap_or_default();
-    if let Err(e) = std::fs::create_dir_all(&parent) {
-        pgrx::ereport!(
-            ERROR,
-            PgSqlErrorCode::ERRCODE_IO_ERROR,
-            format!(
-                "could not create \"{}\": {}",
-                parent.display(),
-                errno_text(&e)
-            )
-        );
-    }
+    create_missing_parent(&parent);
     // Build under a temporary name and rename into place, so that a crash
     // of this replay never leaves a partial directory under the real name.
     let tmp = dst.with_extension("pg_branch_redo");
@@ -332,6 +350,54 @@ unsafe extern "C-unwind" fn redo(record: *mut pg_sys::XLogReaderState) {
         src.display(),
         rec.method()
     ));
+}
+
+/// Core's `recovery_create_dbdir(parent, true)` (dbcommands.c): the parent
+/// of a branch directory is missing only when the tablespace was dropped
+/// later in the WAL, which replay before consistency may meet (the
+/// tablespace's own drop record follows). Create it then; after
+/// consistency a missing tablespace directory is corruption and stops
+/// recovery, as in core. `base/` always exists, so only `pg_tblspc/…`
+/// paths may be created.
+fn create_missing_parent(parent: &std::path::Path) {
+    if parent.exists() {
+        return;
+    }
+    let text = parent.display().to_string();
+    if !text.contains("pg_tblspc/") {
+        pgrx::ereport!(
+            PANIC,
+            PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
+            format!("requested to created invalid directory: {text}")
+        );
+    }
+    if ffi::reached_consistency() && !ffi::allow_in_place_tablespaces() {
+        pgrx::ereport!(
+            PANIC,
+            PgSqlErrorCode::ERRCODE_DATA_CORRUPTED,
+            format!("missing directory \"{text}\"")
+        );
+    }
+    let message = format!("creating missing directory: {text}");
+    if ffi::reached_consistency() {
+        pgrx::ereport!(WARNING, PgSqlErrorCode::ERRCODE_WARNING, message);
+    } else {
+        pgrx::ereport!(
+            DEBUG1,
+            PgSqlErrorCode::ERRCODE_SUCCESSFUL_COMPLETION,
+            message
+        );
+    }
+    if let Err(e) = std::fs::create_dir_all(parent) {
+        pgrx::ereport!(
+            PANIC,
+            PgSqlErrorCode::ERRCODE_IO_ERROR,
+            format!(
+                "could not create missing directory \"{text}\": {}",
+                errno_text(&e)
+            )
+        );
+    }
 }
 
 /// Remove `dir` (a directory or subvolume) if it exists, or fail replay.

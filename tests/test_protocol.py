@@ -7,6 +7,7 @@ before the fence, row lockers let through, shared dependencies copied too
 early, filesystem probes before the privilege checks.
 """
 
+import subprocess
 import threading
 
 import psycopg
@@ -267,3 +268,113 @@ def test_no_right_to_copy_no_probe(ext4, core):
         for c in (ext4, core):
             c.sql("DROP DATABASE IF EXISTS proto_private")
             c.sql("DROP ROLE IF EXISTS proto_creator")
+
+
+class Gdb:
+    """gdb attached to one server process, driven line by line: the
+    deterministic way to hold a checkpoint at a chosen step."""
+
+    def __init__(self, pid):
+        self.proc = subprocess.Popen(["gdb", "-q", "-nx", "-p", str(pid)], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
+        self.lines = []
+        threading.Thread(target=self._read, daemon=True).start()
+        self.send("set pagination off", "set confirm off", "handle SIGUSR1 SIGUSR2 SIGINT SIGTERM SIGHUP nostop noprint pass")
+
+    def _read(self):
+        for line in self.proc.stdout:
+            self.lines.append(line)
+
+    def send(self, *commands):
+        for c in commands:
+            self.proc.stdin.write(c + "\n")
+        self.proc.stdin.flush()
+
+    def run(self, *commands):
+        """Send `commands`, the last of which is `continue`, and return once
+        the process runs again."""
+        before = sum("Continuing." in line for line in self.lines)
+        self.send(*commands)
+        assert wait_for(lambda: sum("Continuing." in line for line in self.lines) > before), "".join(self.lines)
+
+    def stopped_at(self, function):
+        """Whether a breakpoint in `function` has been hit ("Breakpoint N,
+        0x... in function (...)")."""
+        return any("Breakpoint " in line and f" in {function} (" in line for line in self.lines)
+
+    def close(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+
+
+def test_crash_recovery_after_an_oid_is_reused_keeps_the_branch():
+    """DROP DATABASE checkpoints *before* it logs the drop, so its record
+    lies after the last completed checkpoint. A branch that reuses that OID
+    (OID = N, or the OID counter coming round) and commits once a checkpoint
+    has merely *started* used to be destroyed by crash recovery: replaying
+    the drop removed the live branch, and replaying BRANCH_CREATE cloned
+    the template as it was on disk after the crash, with changes made after
+    the branch. The checkpoint is held with gdb after it has written the
+    buffers (ProcessSyncRequests) and before it completes; then kill -9."""
+    c = Cluster(mount("PG_BRANCH_TEST_BTRFS") / "pytest-oid-reuse", 5505, extra_conf="autovacuum = off").init().start()
+    gdb = None
+    try:
+        c.sql("CREATE DATABASE reuse_tpl")
+        c.sql("CREATE TABLE t (id int PRIMARY KEY, note text); "
+              "INSERT INTO t SELECT g, 'before' FROM generate_series(1, 100) g", dbname="reuse_tpl")
+        c.sql("CREATE DATABASE reuse_old OID = 70001 TEMPLATE reuse_tpl")
+        c.sql("DROP DATABASE reuse_old")
+        checkpointer = c.one("SELECT pid FROM pg_stat_activity WHERE backend_type = 'checkpointer'")
+        gdb = Gdb(checkpointer)
+        gdb.run("break CreateCheckPoint", "continue")
+        creator = Background(c, "CREATE DATABASE reuse_new OID = 70001 TEMPLATE reuse_tpl", "creator")
+        # The branch is made and logged, its fence lowered, and it has
+        # asked for a checkpoint, which stops at its first line.
+        assert wait_for(lambda: gdb.stopped_at("CreateCheckPoint"))
+        c.sql("UPDATE t SET note = 'after'", dbname="reuse_tpl")
+        # Let the checkpoint start (the redo pointer passes the branch's
+        # record) and write every dirty buffer, the template's new rows
+        # included; hold it before it fsyncs and completes.
+        gdb.run("delete", "break ProcessSyncRequests", "continue")
+        assert wait_for(lambda: gdb.stopped_at("ProcessSyncRequests"))
+        # Either the branch committed now (the hole), or it waits for the
+        # checkpoint to complete (the fix): then let it complete.
+        assert wait_for(lambda: creator.done.is_set() or waiting(c, "creator", "IPC"))
+        if not creator.done.is_set():
+            gdb.send("delete", "detach")
+        creator.join()
+        c.kill9()
+        gdb.close()
+        gdb = None
+        c.start()
+        assert c.sql("SELECT note, count(*) FROM t GROUP BY note", dbname="reuse_new") == [("before", 100)]
+        assert c.sql("SELECT note, count(*) FROM t GROUP BY note", dbname="reuse_tpl") == [("after", 100)]
+    finally:
+        if gdb:
+            gdb.close()
+        c.stop(mode="immediate", check=False)
+
+
+def test_a_branch_with_a_new_oid_waits_only_for_the_checkpoint_to_start():
+    """The fast path stays: a branch whose OID no database had since the
+    last completed checkpoint commits while that checkpoint is still
+    running (held here with gdb after its start)."""
+    c = Cluster(mount("PG_BRANCH_TEST_BTRFS") / "pytest-oid-reuse", 5505, extra_conf="autovacuum = off").init().start()
+    gdb = None
+    try:
+        c.sql("CREATE DATABASE fresh_tpl")
+        c.sql("CHECKPOINT")
+        checkpointer = c.one("SELECT pid FROM pg_stat_activity WHERE backend_type = 'checkpointer'")
+        gdb = Gdb(checkpointer)
+        gdb.run("break ProcessSyncRequests", "continue")
+        c.sql("CREATE DATABASE fresh_branch TEMPLATE fresh_tpl")
+        # The branch has committed; the checkpoint it asked for is held.
+        assert wait_for(lambda: gdb.stopped_at("ProcessSyncRequests"))
+        assert c.one("SELECT count(*) FROM pg_database WHERE datname = 'fresh_branch'") == 1
+        gdb.send("delete", "detach")
+    finally:
+        if gdb:
+            gdb.close()
+        c.stop(check=False)
+
