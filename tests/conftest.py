@@ -58,9 +58,10 @@ class Cluster:
         shutil.chown(self.sock, RUN_AS, RUN_AS)
         return self
 
-    def init(self):
+    def init(self, *initdb_args):
         self.fresh()
-        as_postgres(PG_BIN / "initdb", "-D", self.data, "-E", "UTF8", "--locale=C.UTF-8", "-A", "trust", "-U", "postgres")
+        as_postgres(PG_BIN / "initdb", "-D", self.data, "-E", "UTF8", "--locale=C.UTF-8", "-A", "trust", "-U", "postgres",
+                    *initdb_args)
         conf = [
             f"port = {self.port}",
             "listen_addresses = ''",
