@@ -11,66 +11,147 @@ use crate::error::Report;
 use crate::gucs;
 use crate::options::{self, Strategy};
 use pgrx::pg_sys;
+use pgrx::pg_sys::panic::CaughtError;
 use pgrx::prelude::*;
+use std::ffi::{c_char, CStr, CString};
+use std::panic::{catch_unwind, AssertUnwindSafe};
 
-static mut PREV_PROCESS_UTILITY: pg_sys::ProcessUtility_hook_type = None;
-
-pub fn install() {
-    // SAFETY: _PG_init runs once per process, single-threaded, before any
-    // statement; we chain to whatever hook was installed before us.
-    unsafe {
-        PREV_PROCESS_UTILITY = pg_sys::ProcessUtility_hook;
-        pg_sys::ProcessUtility_hook = Some(process_utility);
+mod shim {
+    use super::*;
+    // src/hook.c
+    unsafe extern "C" {
+        pub fn pg_branch_install_hook();
+        pub fn pg_branch_captured_error() -> *mut pg_sys::ErrorData;
+    }
+    // src/hook.c; allocates, so it may raise (out of memory): guarded.
+    #[pgrx::pg_guard]
+    unsafe extern "C-unwind" {
+        pub fn pg_branch_make_error(
+            sqlerrcode: i32,
+            message: *const c_char,
+            detail: *const c_char,
+            hint: *const c_char,
+            filename: *const c_char,
+            lineno: i32,
+            funcname: *const c_char,
+        ) -> *mut pg_sys::ErrorData;
     }
 }
 
+pub fn install() {
+    // SAFETY: _PG_init runs once per process, single-threaded, before any
+    // statement; the C side saves the previous hook and chains to it.
+    unsafe { shim::pg_branch_install_hook() }
+}
+
+/// The Rust half of the hook, called by src/hook.c for a `CreatedbStmt`
+/// only: whether pg_branch made the database. On an ERROR, `*error`
+/// receives the ErrorData to raise and the function returns normally: the
+/// C side raises it once no Rust frame is left on the stack (see hook.c).
+///
+/// # Safety
+/// Called by hook.c with the arguments core passed to ProcessUtility, and
+/// `error` pointing to a NULL `ErrorData *`.
+#[no_mangle]
 #[pg_guard]
-#[allow(clippy::too_many_arguments)]
-unsafe extern "C-unwind" fn process_utility(
+pub unsafe extern "C-unwind" fn pg_branch_createdb(
     pstmt: *mut pg_sys::PlannedStmt,
-    query_string: *const std::ffi::c_char,
-    read_only_tree: bool,
+    query_string: *const c_char,
     context: pg_sys::ProcessUtilityContext::Type,
-    params: pg_sys::ParamListInfo,
     query_env: *mut pg_sys::QueryEnvironment,
-    dest: *mut pg_sys::DestReceiver,
-    qc: *mut pg_sys::QueryCompletion,
-) {
-    let node = (*pstmt).utilityStmt;
-    if pgrx::is_a(node, pg_sys::NodeTag::T_CreatedbStmt) {
-        let stmt = node as *mut pg_sys::CreatedbStmt;
+    error: *mut *mut pg_sys::ErrorData,
+) -> bool {
+    let run = AssertUnwindSafe(|| {
+        let stmt = (*pstmt).utilityStmt as *mut pg_sys::CreatedbStmt;
         let top_level = context == pg_sys::ProcessUtilityContext::PROCESS_UTILITY_TOPLEVEL;
-        if ours(stmt, top_level) {
-            let pstate = pg_sys::make_parsestate(std::ptr::null_mut());
-            (*pstate).p_sourcetext = query_string;
-            (*pstate).p_queryEnv = query_env;
-            branch::createdb(pstate, stmt);
-            pg_sys::free_parsestate(pstate);
-            return;
+        if !ours(stmt, top_level) {
+            return false;
+        }
+        let pstate = pg_sys::make_parsestate(std::ptr::null_mut());
+        (*pstate).p_sourcetext = query_string;
+        (*pstate).p_queryEnv = query_env;
+        branch::createdb(pstate, stmt);
+        pg_sys::free_parsestate(pstate);
+        true
+    });
+    match catch_unwind(run) {
+        Ok(handled) => handled,
+        Err(payload) => {
+            *error = error_data(payload);
+            true
         }
     }
-    match PREV_PROCESS_UTILITY {
-        Some(prev) => prev(
-            pstmt,
-            query_string,
-            read_only_tree,
-            context,
-            params,
-            query_env,
-            dest,
-            qc,
-        ),
-        None => pg_sys::standard_ProcessUtility(
-            pstmt,
-            query_string,
-            read_only_tree,
-            context,
-            params,
-            query_env,
-            dest,
-            qc,
-        ),
-    }
+}
+
+/// The ErrorData that ends the statement, from what unwound to
+/// [`pg_branch_createdb`]: core's own copy (every field) when the error
+/// came from core, or from pg_branch's [`Report`] (which core raised for
+/// us), else one built from what the unwind carries.
+unsafe fn error_data(payload: Box<dyn std::any::Any + Send>) -> *mut pg_sys::ErrorData {
+    let (code, message, detail, hint, file, line) = match payload.downcast::<CaughtError>() {
+        Ok(caught) => match *caught {
+            CaughtError::PostgresError(r) => {
+                let copy = shim::pg_branch_captured_error();
+                if !copy.is_null()
+                    && (*copy).sqlerrcode == r.sql_error_code() as i32
+                    && !(*copy).message.is_null()
+                    && CStr::from_ptr((*copy).message).to_string_lossy() == r.message()
+                {
+                    return copy;
+                }
+                report_fields(&r)
+            }
+            CaughtError::ErrorReport(r) => report_fields(&r),
+            CaughtError::RustPanic { ereport, .. } => panic_fields(ereport.message()),
+        },
+        Err(payload) => {
+            let message = payload
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "Box<Any>".into());
+            panic_fields(&message)
+        }
+    };
+    let c = |s: &str| CString::new(s.replace('\0', "")).expect("no NUL");
+    let opt = |s: &Option<String>| s.as_deref().map(c);
+    let (message, detail, hint, file) = (c(&message), opt(&detail), opt(&hint), c(&file));
+    let ptr = |s: &Option<CString>| s.as_ref().map_or(std::ptr::null(), |s| s.as_ptr());
+    shim::pg_branch_make_error(
+        code,
+        message.as_ptr(),
+        ptr(&detail),
+        ptr(&hint),
+        file.as_ptr(),
+        line as i32,
+        c"pg_branch".as_ptr(),
+    )
+}
+
+type Fields = (i32, String, Option<String>, Option<String>, String, u32);
+
+fn report_fields(r: &pg_sys::panic::ErrorReportWithLevel) -> Fields {
+    (
+        r.sql_error_code() as i32,
+        r.message().to_string(),
+        r.detail().map(str::to_string),
+        r.hint().map(str::to_string),
+        r.file().to_string(),
+        r.line_number(),
+    )
+}
+
+/// A bug in pg_branch: XX000 and the panic's message; where it happened
+/// (and a backtrace, with RUST_BACKTRACE) went to the server log only.
+fn panic_fields(message: &str) -> Fields {
+    (
+        PgSqlErrorCode::ERRCODE_INTERNAL_ERROR as i32,
+        message.to_string(),
+        None,
+        Some("This is a bug in pg_branch; the server log says where it happened.".into()),
+        "pg_branch".into(),
+        0,
+    )
 }
 
 /// Whether pg_branch makes this CREATE DATABASE. Runs the checks that

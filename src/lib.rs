@@ -38,7 +38,45 @@ pub extern "C-unwind" fn _PG_init() {
         .hint("Add 'pg_branch' to shared_preload_libraries in postgresql.conf and restart the server.")
         .error();
     }
+    quiet_panics();
     gucs::init();
     wal::register();
     hook::install();
+}
+
+/// Replace pgrx's panic hook (installed by `Pg_magic_func`, just before
+/// `_PG_init`), which captures a `std::backtrace::Backtrace` on every
+/// unwind, including the ones that merely carry a Postgres ERROR, and
+/// which pgrx then appends to the DETAIL sent to the client whenever
+/// RUST_BACKTRACE or RUST_LIB_BACKTRACE is set in the server's
+/// environment. Ours captures nothing for the client: an unwind that
+/// carries an error (pgrx's `CaughtError` or `ErrorReport`) is silent, and
+/// a real panic (a bug) is described, with a backtrace if RUST_BACKTRACE
+/// asks for one, on the server's stderr, i.e. in the server log. The
+/// client gets XX000 and the panic's message (see hook.rs).
+fn quiet_panics() {
+    use pgrx::pg_sys::panic::{CaughtError, ErrorReport, ErrorReportWithLevel};
+    std::panic::set_hook(Box::new(|info| {
+        let payload = info.payload();
+        if payload.is::<CaughtError>()
+            || payload.is::<ErrorReportWithLevel>()
+            || payload.is::<ErrorReport>()
+        {
+            return;
+        }
+        let message = payload
+            .downcast_ref::<&str>()
+            .copied()
+            .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+            .unwrap_or("Box<Any>");
+        let location = info
+            .location()
+            .map(|l| format!("{}:{}:{}", l.file(), l.line(), l.column()))
+            .unwrap_or_default();
+        eprintln!("pg_branch: panic at {location}: {message}");
+        let backtrace = std::backtrace::Backtrace::capture();
+        if backtrace.status() == std::backtrace::BacktraceStatus::Captured {
+            eprintln!("{backtrace}");
+        }
+    }));
 }

@@ -115,6 +115,7 @@ impl CreatedbOptions {
                     "LOCATION is not supported anymore",
                 )
                 .hint("Consider using tablespaces instead.")
+                .position(pstate, (*defel).location)
                 .warning();
             } else if name == "oid" {
                 oid = pg_sys::defGetObjectId(defel);
@@ -133,10 +134,12 @@ impl CreatedbOptions {
                     );
                 }
             } else {
-                error(
+                Report::new(
                     PgSqlErrorCode::ERRCODE_SYNTAX_ERROR,
                     format!("option \"{name}\" not recognized"),
-                );
+                )
+                .position(pstate, (*defel).location)
+                .error();
             }
         }
 
@@ -156,7 +159,7 @@ impl CreatedbOptions {
         o.owner = with_arg("owner").map(string);
         o.template = with_arg("template").map(string);
         if let Some(d) = with_arg("encoding") {
-            o.encoding = parse_encoding(d);
+            o.encoding = parse_encoding(pstate, d);
         }
         if let Some(d) = with_arg("locale") {
             o.collate = Some(string(d));
@@ -235,28 +238,35 @@ const OPTIONS: &[&str] = &[
 ];
 
 /// ENCODING = 'name' or ENCODING = number, checked as core checks it.
-unsafe fn parse_encoding(defel: *mut pg_sys::DefElem) -> i32 {
+///
+/// # Safety
+/// `pstate` and `defel` must be valid.
+unsafe fn parse_encoding(pstate: *mut pg_sys::ParseState, defel: *mut pg_sys::DefElem) -> i32 {
     if pgrx::is_a((*defel).arg, pg_sys::NodeTag::T_Integer) {
         let code = pg_sys::defGetInt32(defel);
         let name = compat::encoding_name(code);
         if name.to_bytes().is_empty() || compat::server_encoding(name.as_ptr()) < 0 {
-            error(
+            Report::new(
                 PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT,
                 format!("{code} is not a valid encoding code"),
-            );
+            )
+            .position(pstate, (*defel).location)
+            .error();
         }
         code
     } else {
         let name = pg_sys::defGetString(defel);
         let code = compat::server_encoding(name);
         if code < 0 {
-            error(
+            Report::new(
                 PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT,
                 format!(
                     "{} is not a valid encoding name",
                     CStr::from_ptr(name).to_string_lossy()
                 ),
-            );
+            )
+            .position(pstate, (*defel).location)
+            .error();
         }
         code
     }

@@ -36,7 +36,7 @@ def as_postgres(*cmd, check=True, **kw):
 class Cluster:
     """One PostgreSQL server in `root/data`, socket in `root/sock`."""
 
-    def __init__(self, root, port, preload=True, extra_conf=""):
+    def __init__(self, root, port, preload=True, extra_conf="", env=None):
         self.root = Path(root)
         self.data = self.root / "data"
         self.sock = self.root / "sock"
@@ -45,6 +45,9 @@ class Cluster:
         self.port = port + int(os.environ.get("PG_BRANCH_TEST_PORT_OFFSET", "0"))
         self.preload = preload
         self.extra_conf = extra_conf
+        # Environment variables for the server (e.g. RUST_BACKTRACE): sudo
+        # resets the environment, so they are passed through env(1).
+        self.env = dict(env or {})
 
     def fresh(self):
         """An empty cluster directory owned by postgres (a leftover server
@@ -81,7 +84,8 @@ class Cluster:
         return self
 
     def start(self):
-        as_postgres(PG_BIN / "pg_ctl", "-D", self.data, "-l", self.root / "log", "-w", "-t", "60", "start")
+        env = [f"{k}={v}" for k, v in self.env.items()]
+        as_postgres("env", *env, PG_BIN / "pg_ctl", "-D", self.data, "-l", self.root / "log", "-w", "-t", "60", "start")
         return self
 
     def stop(self, mode="fast", check=True):
