@@ -1,5 +1,6 @@
-//! Compiles src/hook.c, pg_branch's ProcessUtility entry point, against the
-//! server headers of the PostgreSQL version being built.
+//! Compiles pg_branch's C files against the server headers of the
+//! PostgreSQL version being built: src/hook.c, the ProcessUtility entry
+//! point, and src/drops.c, which tracks recently dropped databases.
 //!
 //! The pg_config is the one cargo-pgrx names in PGRX_PG_CONFIG_PATH (as
 //! pgrx-pg-sys's own build does); without it (plain `cargo build` or
@@ -11,6 +12,7 @@ use std::process::Command;
 
 fn main() {
     println!("cargo:rerun-if-changed=src/hook.c");
+    println!("cargo:rerun-if-changed=src/drops.c");
     println!("cargo:rerun-if-env-changed=PGRX_PG_CONFIG_PATH");
     println!("cargo:rerun-if-env-changed=PGRX_HOME");
 
@@ -29,8 +31,10 @@ fn main() {
 
     cc::Build::new()
         .file("src/hook.c")
+        .file("src/drops.c")
         .include(include)
         .flag_if_supported("-fvisibility=hidden")
+        .flag_if_supported("-Werror=implicit-function-declaration")
         .flag_if_supported("-Wno-unused-parameter")
         .flag_if_supported("-Wno-missing-field-initializers")
         .flag_if_supported("-Wno-sign-compare")

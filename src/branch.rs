@@ -353,11 +353,9 @@ pub unsafe fn createdb(pstate: *mut pg_sys::ParseState, stmt: *const pg_sys::Cre
         // checkpoint: DROP DATABASE checkpoints before it logs the drop, so
         // crash recovery would replay that drop, removing our directory
         // (the same path), and then our record would clone the template as
-        // it is on disk after the crash. An OID given with OID = N may be
-        // one; one we chose ourselves is new unless the OID counter came
-        // round (see wal::oid_may_be_reused).
+        // it is on disk after the crash (wal::oid_may_be_reused).
         let checkpoint_started = Instant::now();
-        if wal::core_record() || wal::oid_may_be_reused(dboid, o.oid != pg_sys::InvalidOid) {
+        if wal::core_record() || wal::oid_may_be_reused(dboid) {
             ffi::request_checkpoint(
                 ffi::CHECKPOINT_IMMEDIATE | ffi::CHECKPOINT_FORCE | ffi::CHECKPOINT_WAIT,
             );

@@ -195,20 +195,34 @@ pub fn wait_for_checkpoint_start(lsn: pg_sys::XLogRecPtr) {
     }
 }
 
-/// Whether a branch with OID `db` (`explicit`: given with `OID = N`) must
-/// wait for a whole checkpoint before it commits, because a database with
-/// the same OID may have been dropped after the last completed checkpoint:
-/// crash recovery would replay that drop (removing the branch's directory,
-/// the same path) and then our record, cloning the template as it is on
-/// disk after the crash.
-///
-/// An explicit OID may be anyone's. An OID we chose ourselves comes from
-/// the OID counter, which gives a just-dropped database's OID again only
-/// after it has come round, or if that database had been given its OID
-/// explicitly; those cases are not told apart yet, so they take the fast
-/// path.
-pub fn oid_may_be_reused(_db: Oid, explicit: bool) -> bool {
-    explicit
+/// Whether a branch with OID `db` must wait for a whole checkpoint before
+/// it commits, because a database with the same OID may have been dropped
+/// after the last completed checkpoint: crash recovery would replay that
+/// drop (removing the branch's directory, the same path) and then our
+/// record, cloning the template as it is on disk after the crash. The OID
+/// may be one given with `OID = N`, or one the OID counter gives again;
+/// src/drops.c keeps the drops that matter, and answers.
+pub fn oid_may_be_reused(db: Oid) -> bool {
+    // SAFETY: reads the shared table under its spinlock; raises nothing.
+    unsafe { drops::pg_branch_oid_may_be_reused(db) }
+}
+
+/// Start tracking dropped databases (src/drops.c): shared memory, an
+/// object-access hook and a transaction callback. From `_PG_init`, while
+/// the postmaster loads preload libraries.
+pub fn install_drop_tracking() {
+    // SAFETY: called once from _PG_init in the postmaster; the C side
+    // chains every hook it installs.
+    unsafe { drops::pg_branch_install_drop_tracking() }
+}
+
+mod drops {
+    use pgrx::pg_sys::Oid;
+    // src/drops.c
+    unsafe extern "C" {
+        pub fn pg_branch_oid_may_be_reused(db: Oid) -> bool;
+        pub fn pg_branch_install_drop_tracking();
+    }
 }
 
 /// Log the removal of `<ts>/<db>` for each of `tablespaces` with core's
