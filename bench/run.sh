@@ -7,9 +7,10 @@
 #   sudo bench/run.sh latency           CREATE DATABASE p50/p99, idle and under load, against core
 #   sudo bench/run.sh live-template     pgbench writes to the template while 100 branches are made
 #   sudo bench/run.sh filesystems       1 GB template: btrfs snapshot, btrfs reflink, XFS reflink, core, disk growth
+#   sudo bench/run.sh hook-overhead     100 000 SET and CREATE TEMP TABLE ... ON COMMIT DROP, stock against pg_branch
 #
 # Settings: SCALE (pgbench scale of the template); latency: RUNS;
-# live-template: SECONDS_PER_RUN, BRANCHES; filesystems: RUNS; suite: SIZES
+# live-template: SECONDS_PER_RUN, BRANCHES; filesystems: RUNS; hook-overhead: N, CHUNK; suite: SIZES
 # (pgbench scales, default "7 70 350"), RUNS, CORE_RUNS_LARGE, BRANCHES, PARTS;
 # PG_VERSION picks the server (default 15).
 set -euo pipefail
@@ -33,5 +34,6 @@ case "${1:-}" in
         PG_BRANCH_BENCH_XFS="$(mount_xfs)"
         exec "$VENV/bin/python" "$REPO/bench/filesystems.py"
         ;;
-    *) die "usage: bench/run.sh suite|latency|live-template|filesystems" ;;
+    hook-overhead) exec "$VENV/bin/python" "$REPO/bench/hook_overhead.py" ;;
+    *) die "usage: bench/run.sh suite|latency|live-template|filesystems|hook-overhead" ;;
 esac

@@ -10,7 +10,9 @@
 #   PG_VERSIONS=18 scripts/test.sh           one PostgreSQL version
 #
 # PostgreSQL 15 and 18 run every server test; 16 and 17 run the parity,
-# branch, filesystem and live-template suites (FULL_VERSIONS, SOME_TESTS).
+# fidelity, branch, filesystem and live-template suites (FULL_VERSIONS,
+# SOME_TESTS). Every version then runs PostgreSQL's own regression suite
+# with and without pg_branch (scripts/regress.sh), one counted step each.
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 need_root
@@ -18,7 +20,7 @@ cd "$REPO"
 
 PG_VERSIONS=${PG_VERSIONS:-15 18 16 17}
 FULL_VERSIONS=${FULL_VERSIONS:-15 18}
-SOME_TESTS=(tests/test_parity.py tests/test_branch.py tests/test_filesystems.py tests/test_live_template.py)
+SOME_TESTS=(tests/test_parity.py tests/test_fidelity.py tests/test_branch.py tests/test_filesystems.py tests/test_live_template.py)
 
 bash scripts/setup.sh
 for v in $PG_VERSIONS; do
@@ -31,7 +33,7 @@ PG_BRANCH_TEST_BTRFS2=$(mount_btrfs2)
 PG_BRANCH_TEST_XFS=$(mount_xfs)
 PG_BRANCH_TEST_EXT4=$(mount_ext4)
 
-passed=0 failed=0
+passed=0 failed=0 skipped=0
 step() { # step NAME COMMAND...: run a check, count it
     say "$1"; shift
     if "$@"; then passed=$((passed + 1)); else failed=$((failed + 1)); echo "FAILED: $*" >&2; fi
@@ -87,8 +89,23 @@ for v in $PG_VERSIONS; do
     rm -f "$log"
     echo "PostgreSQL $v: $p passed, $f failed"
     passed=$((passed + p)); failed=$((failed + f))
+
+    # PostgreSQL's own regression suite, stock and with pg_branch: one
+    # counted step per version (exit 77: no source of the suite, skipped).
+    if [ $# -eq 0 ]; then
+        say "PostgreSQL $v: PostgreSQL's regression suite, stock and with pg_branch preloaded"
+        set +e
+        bash scripts/regress.sh "$v"
+        rc=$?
+        set -e
+        case $rc in
+            0) passed=$((passed + 1)) ;;
+            77) skipped=$((skipped + 1)) ;;
+            *) failed=$((failed + 1)); echo "FAILED: scripts/regress.sh $v" >&2 ;;
+        esac
+    fi
 done
 
 echo
-echo "$passed passed, $failed failed"
+echo "$passed passed, $failed failed$([ "$skipped" -gt 0 ] && echo ", $skipped skipped")"
 [ "$failed" -eq 0 ]

@@ -4,6 +4,21 @@
 //! It nests like any well-behaved hook: the previous hook (another
 //! extension's, or none) is saved at load time and receives every
 //! statement we do not handle, with exactly the arguments we received.
+//!
+//! The hook itself is C (src/hook.c, which says why): a statement that is
+//! not a `CREATE DATABASE` never enters Rust, so no pgrx guard catches and
+//! re-raises its errors. This file is the Rust half, called for a
+//! `CreatedbStmt` only, which returns the ERROR it ends with instead of
+//! raising it.
+//!
+//! The other callbacks pg_branch gives the server follow the same rule
+//! where a client can see their messages: the SQL functions (api.rs) and
+//! the `before_shmem_exit` cleanup (cleanup.rs) raise pg_branch's own
+//! reports through core's `ereport()` (error.rs), with no backtrace
+//! (lib.rs's panic hook); the WAL resource manager's redo, desc and identify
+//! (wal.rs) run in the startup process, or in pg_walinspect's functions
+//! where they only format text, and call no core function whose error a
+//! client would see. pg_branch installs no other hook.
 
 use crate::branch;
 use crate::catalog;

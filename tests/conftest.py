@@ -19,6 +19,9 @@ import pytest
 
 PG_BIN = Path(os.environ.get("PG_BIN", "/usr/lib/postgresql/15/bin"))
 RUN_AS = "postgres"
+# What shared_preload_libraries names: a path tries a build of pg_branch
+# without installing it (the SQL API then is not there).
+LIBRARY = os.environ.get("PG_BRANCH_TEST_LIBRARY", "pg_branch")
 
 
 def mount(var):
@@ -78,7 +81,7 @@ class Cluster:
             "log_line_prefix = '%m [%p] '",
         ]
         if self.preload:
-            conf.append("shared_preload_libraries = 'pg_branch'")
+            conf.append(f"shared_preload_libraries = '{LIBRARY}'")
         with open(self.data / "postgresql.conf", "a") as f:
             f.write("\n".join(conf) + "\n" + self.extra_conf + "\n")
         return self

@@ -49,7 +49,7 @@ def make_standby(primary, root, port, preload=True):
     with open(standby.data / "postgresql.conf", "a") as f:
         # archive_mode off: a promoted standby must not archive its new
         # timeline into the primary's archive.
-        f.write(f"port = {port}\nunix_socket_directories = '{standby.sock}'\nhot_standby = on\narchive_mode = off\n")
+        f.write(f"port = {standby.port}\nunix_socket_directories = '{standby.sock}'\nhot_standby = on\narchive_mode = off\n")
         if not preload:
             f.write("shared_preload_libraries = ''\n")
     return standby.start()
