@@ -303,7 +303,7 @@ fn wal_record() -> Check {
 }
 
 fn orphans() -> Check {
-    let found = cleanup::orphans();
+    let found = cleanup::orphans(cleanup::Hold::ForTheListing);
     if found.is_empty() {
         return check("orphaned directories", "ok", "none");
     }
