@@ -228,3 +228,76 @@ def test_orphans_never_take_a_database_altered_during_the_scan(fresh, tmp_path, 
     assert c.one("SELECT count(*) FROM pg_class", dbname=victim) > 100
     scanner.close()
     alter.close()
+
+
+def unhinted_database(cluster, name):
+    """A database whose newest pg_class rows are on disk without hint bits:
+    committed, then never read by anyone (autovacuum is off)."""
+    cluster.sql(f"CREATE DATABASE {name}")
+    with cluster.connect(name) as conn:
+        conn.execute("BEGIN")
+        for i in range(40):
+            conn.execute(f"CREATE TABLE t{i} (a int)")
+        conn.execute("COMMIT")
+    cluster.sql("CHECKPOINT")
+    return cluster.one("SELECT oid FROM pg_database WHERE datname = %s", params=(name,))
+
+
+@pytest.mark.parametrize("ddl", ["drop", "set_tablespace"])
+def test_doctor_leaves_no_buffer_of_a_database_being_dropped_or_moved(fresh, tmp_path, ddl):
+    c = fresh
+    oid = unhinted_database(c, "doc_victim")
+    if ddl == "drop":
+        statement = "DROP DATABASE doc_victim"
+    else:
+        where = mount("PG_BRANCH_TEST_BTRFS") / "pytest-maint-ts"
+        shutil.rmtree(where, ignore_errors=True)
+        where.mkdir()
+        shutil.chown(where, "postgres", "postgres")
+        c.sql(f"CREATE TABLESPACE maint_ts LOCATION '{where}'")
+        statement = "ALTER DATABASE doc_victim SET TABLESPACE maint_ts"
+    doctor = Session(c, "doctor")
+    # ReadBufferWithoutRelcache(RelFileLocator, ...): the locator is passed
+    # in registers, its dbOid in the high half of the first one. Stop 1: the
+    # first page doctor reads of another database; stop 2: the first page
+    # of the victim's.
+    gdb_doctor = Gdb(tmp_path, doctor.pid, ["ReadBufferWithoutRelcache"], "from_pg_branch",
+                     f"(rdi >> 32) != {oid} and stops == 0 or (rdi >> 32) == {oid} and stops == 1")
+    # Stop 1: the DDL has emitted the barrier that makes every backend
+    # close its files, and is about to wait for it; stop 2: it has dropped
+    # the victim's buffers (and, SET TABLESPACE, copied its files, run its
+    # last checkpoint and committed) and is about to remove its old files.
+    ddl_session = Session(c, "ddl")
+    gdb_ddl = Gdb(tmp_path, ddl_session.pid, ["WaitForProcSignalBarrier", "rmtree"], "True",
+                  "fn == 'WaitForProcSignalBarrier' and stops == 0 or fn == 'rmtree' and stops == 1")
+    try:
+        doctor.start("SELECT item, status, detail FROM pgbranch.doctor()")
+        gdb_doctor.wait_stopped(1)
+        ddl_session.start(statement)
+        # The DDL has dropped the victim's buffers (or is about to) and
+        # waits for every backend, doctor included, to close its files.
+        # The DDL waits for every backend, doctor included, to close its
+        # files.
+        gdb_ddl.wait_stopped(1)
+        gdb_ddl.cont()
+        gdb_doctor.cont()
+        assert wait_for(lambda: gdb_doctor.stopped(2) or doctor.waiting_on_lock() or doctor.done())
+        # The victim's buffers are gone and its old files still there.
+        gdb_ddl.wait_stopped(2)
+        gdb_doctor.detach()
+        assert wait_for(lambda: doctor.waiting_on_lock() or doctor.done())
+    finally:
+        gdb_doctor.detach()
+        gdb_ddl.detach()
+    ddl_session.join()
+    rows = doctor.join()
+    assert not [r for r in rows if r[1] == "error"], rows
+    # Every buffer doctor left can be written.
+    try:
+        c.sql("CHECKPOINT")
+    except psycopg.Error as e:
+        log = [line for line in (c.root / "log").read_text().splitlines() if "could not" in line]
+        pytest.fail(f"{e}: {log[-1:]}")
+    doctor.close()
+    ddl_session.close()
+    c.stop()
