@@ -29,7 +29,7 @@ fn database_storage() -> TableIterator<
 > {
     let dbs: Vec<(pg_sys::Oid, String, pg_sys::Oid)> = Spi::connect(|c| {
         c.select(
-            "SELECT oid, datname::text, dattablespace FROM pg_database ORDER BY datname",
+            "SELECT oid, datname::text, dattablespace FROM pg_catalog.pg_database ORDER BY datname",
             None,
             &[],
         )
@@ -234,7 +234,7 @@ fn convert_all_to_subvolumes() -> TableIterator<
     require_superuser("convert database directories");
     let names: Vec<String> = Spi::connect(|c| {
         c.select(
-            "SELECT datname::text FROM pg_database WHERE datconnlimit <> -2 ORDER BY datname",
+            "SELECT datname::text FROM pg_catalog.pg_database WHERE datconnlimit <> -2 ORDER BY datname",
             None,
             &[],
         )
