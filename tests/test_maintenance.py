@@ -17,9 +17,7 @@ import os
 import shutil
 import signal
 import subprocess
-import textwrap
 import threading
-import time
 
 import psycopg
 import pytest
