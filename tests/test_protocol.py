@@ -7,6 +7,7 @@ before the fence, row lockers let through, shared dependencies copied too
 early, filesystem probes before the privilege checks.
 """
 
+import re
 import subprocess
 import threading
 
@@ -300,9 +301,12 @@ class Gdb:
         assert wait_for(lambda: sum("Continuing." in line for line in self.lines) > before), "".join(self.lines)
 
     def stopped_at(self, function):
-        """Whether a breakpoint in `function` has been hit ("Breakpoint N,
-        0x... in function (...)")."""
-        return any("Breakpoint " in line and f" in {function} (" in line for line in self.lines)
+        """Whether a breakpoint in `function` has been hit: "Breakpoint N,
+        0x... in function ()" without debug symbols (Debian's PostgreSQL 15),
+        "Breakpoint N, function (args) at file.c:line" with them (the
+        versions scripts/postgres.sh builds)."""
+        hit = re.compile(rf"Breakpoint \d+, (0x[0-9a-f]+ in )?{re.escape(function)} \(")
+        return any(hit.search(line) for line in self.lines)
 
     def close(self):
         """Detach (removing every breakpoint first) and quit; kill gdb only
