@@ -137,14 +137,18 @@ fn orphans() -> TableIterator<
         name!(modified, Option<TimestampWithTimeZone>),
     ),
 > {
-    TableIterator::new(cleanup::orphans().into_iter().map(|o| {
-        (
-            spcname(o.tablespace),
-            o.path.display().to_string(),
-            dir_bytes(&o.path),
-            modified(&o.path),
-        )
-    }))
+    TableIterator::new(
+        cleanup::orphans(cleanup::Hold::ForTheListing)
+            .into_iter()
+            .map(|o| {
+                (
+                    spcname(o.tablespace),
+                    o.path.display().to_string(),
+                    dir_bytes(&o.path),
+                    modified(&o.path),
+                )
+            }),
+    )
 }
 
 /// Remove every orphan directory (see `orphans()`), WAL-logged so that
@@ -159,8 +163,11 @@ fn remove_orphans() -> TableIterator<
     ),
 > {
     require_superuser("remove orphaned database directories");
+    // The lock orphans() takes on pg_database stays until we commit: no
+    // database can be created (with an OID we are removing), altered or
+    // dropped meanwhile (cleanup.rs).
     let mut removed = Vec::new();
-    for o in cleanup::orphans() {
+    for o in cleanup::orphans(cleanup::Hold::UntilCommit) {
         let bytes = dir_bytes(&o.path);
         if let Err(e) = cleanup::remove_orphan(&o) {
             error::error(
@@ -173,6 +180,15 @@ fn remove_orphans() -> TableIterator<
             );
         }
         removed.push((spcname(o.tablespace), o.path.display().to_string(), bytes));
+    }
+    if !removed.is_empty() {
+        // As DROP DATABASE does before anyone can reuse the OID: put our
+        // DROP records behind the redo pointer, so that crash recovery never
+        // replays one of them over a database created later with the same
+        // OID (which can only happen after we commit and release the lock).
+        ffi::request_checkpoint(
+            ffi::CHECKPOINT_IMMEDIATE | ffi::CHECKPOINT_FORCE | ffi::CHECKPOINT_WAIT,
+        );
     }
     TableIterator::new(removed)
 }

@@ -149,40 +149,6 @@ pub fn tablespaces() -> Vec<Oid> {
     out
 }
 
-/// OIDs of every database that owns its directories: rows committed and
-/// not deleted, plus rows whose insertion or deletion is still in progress
-/// (a CREATE or DROP DATABASE under way). Read with a dirty snapshot, so a
-/// database being created right now is included; a row left by a crashed
-/// or aborted CREATE is not.
-pub fn database_oids_in_use() -> Vec<Oid> {
-    let mut out = Vec::new();
-    // SAFETY: a catalog scan with a stack-allocated dirty snapshot, which
-    // lives until the scan ends (InitDirtySnapshot).
-    unsafe {
-        let mut dirty: pg_sys::SnapshotData = std::mem::zeroed();
-        dirty.snapshot_type = pg_sys::SnapshotType::SNAPSHOT_DIRTY;
-        let rel = pg_sys::table_open(pg_sys::DatabaseRelationId, pg_sys::AccessShareLock as _);
-        let scan = pg_sys::systable_beginscan(
-            rel,
-            pg_sys::InvalidOid,
-            false,
-            &mut dirty,
-            0,
-            std::ptr::null_mut(),
-        );
-        loop {
-            let tuple = pg_sys::systable_getnext(scan);
-            if tuple.is_null() {
-                break;
-            }
-            out.push((*pg_sys::heap_tuple_get_struct::<pg_sys::FormData_pg_database>(tuple)).oid);
-        }
-        pg_sys::systable_endscan(scan);
-        pg_sys::table_close(rel, pg_sys::AccessShareLock as _);
-    }
-    out
-}
-
 /// The directory that holds database directories in `tablespace`
 /// (`base`, or `pg_tblspc/<oid>/PG_<major>_<catversion>`).
 pub fn tablespace_dir(tablespace: Oid) -> PathBuf {

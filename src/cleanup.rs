@@ -127,12 +127,76 @@ pub struct Orphan {
     pub path: PathBuf,
 }
 
-/// Every `<tablespace>/<oid>` directory whose OID belongs to no database,
-/// committed or being created or dropped right now. The directories are
-/// listed before the catalog is read: a CREATE DATABASE inserts its row
-/// before it makes its directory, so any directory we list whose creator
-/// is still running has a row the catalog read sees.
-pub fn orphans() -> Vec<Orphan> {
+/// How long [`orphans`] keeps its lock on `pg_database`.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Hold {
+    /// Release it once the list is made: the list is for reading, and is
+    /// stale the moment it is returned.
+    ForTheListing,
+    /// Keep it until the transaction ends, so that no database can be
+    /// created, altered or dropped until the orphans found are removed.
+    UntilCommit,
+}
+
+/// Every `<tablespace>/<oid>` directory whose OID belongs to no database.
+///
+/// Locking, as core's database commands do it: every CREATE, ALTER (OWNER,
+/// RENAME, CONNECTION LIMIT, IS_TEMPLATE, SET TABLESPACE), GRANT ... ON
+/// DATABASE and DROP DATABASE holds RowExclusiveLock on `pg_database`
+/// until it commits, and creates or removes its directories while it holds
+/// it. ShareLock conflicts with it: once we have it, none of them is in
+/// progress, and none can start until we release it. So the directories
+/// listed and the catalog read after the lock describe the same moment, and
+/// an MVCC snapshot taken then sees every database there is: a row version
+/// that an ALTER replaces during the scan stays visible to it wherever the
+/// new version lands (a dirty or non-MVCC scan, which re-reads the page
+/// between tuples, could miss both versions).
+pub fn orphans(hold: Hold) -> Vec<Orphan> {
+    // SAFETY: a catalog scan inside a transaction, with a registered
+    // snapshot that outlives it; everything is closed before returning and
+    // errors unwind through pgrx's guards (the lock then goes with the
+    // transaction).
+    unsafe {
+        let lockmode = pg_sys::ShareLock as pg_sys::LOCKMODE;
+        let rel = pg_sys::table_open(pg_sys::DatabaseRelationId, lockmode);
+        // 1. Under the lock: the directories.
+        let found = database_dirs();
+        // 2. Under the lock: every database, as of a snapshot taken after
+        //    it was granted, so no change to pg_database is in progress.
+        let snapshot = pg_sys::RegisterSnapshot(pg_sys::GetLatestSnapshot());
+        let scan = pg_sys::systable_beginscan(
+            rel,
+            pg_sys::InvalidOid,
+            false,
+            snapshot,
+            0,
+            std::ptr::null_mut(),
+        );
+        let mut in_use = Vec::new();
+        loop {
+            let tuple = pg_sys::systable_getnext(scan);
+            if tuple.is_null() {
+                break;
+            }
+            in_use
+                .push((*pg_sys::heap_tuple_get_struct::<pg_sys::FormData_pg_database>(tuple)).oid);
+        }
+        pg_sys::systable_endscan(scan);
+        pg_sys::UnregisterSnapshot(snapshot);
+        let release = match hold {
+            Hold::ForTheListing => lockmode,
+            Hold::UntilCommit => pg_sys::NoLock as pg_sys::LOCKMODE,
+        };
+        pg_sys::table_close(rel, release);
+        found
+            .into_iter()
+            .filter(|o| !in_use.contains(&o.oid))
+            .collect()
+    }
+}
+
+/// Every `<tablespace>/<oid>` directory there is.
+fn database_dirs() -> Vec<Orphan> {
     let mut found = Vec::new();
     for tablespace in catalog::tablespaces() {
         let dir = catalog::tablespace_dir(tablespace);
@@ -156,15 +220,20 @@ pub fn orphans() -> Vec<Orphan> {
             }
         }
     }
-    let in_use = catalog::database_oids_in_use();
-    found.retain(|o| !in_use.contains(&o.oid));
     found
 }
 
-/// Remove an orphan directory and log its removal, so standbys that
-/// replayed its creation drop their copy too.
+/// Remove an orphan directory found by `orphans(Hold::UntilCommit)`, whose
+/// lock is still held, so nobody can create a database with its OID before
+/// we commit.
+///
+/// The removal is logged first, and the record flushed, so that standbys
+/// that replayed its creation drop their copy too. A crash between the
+/// record and the removal leaves the directory (still an orphan, listed
+/// again) on the primary; the other order could leave it on standbys.
 pub fn remove_orphan(o: &Orphan) -> std::io::Result<()> {
-    remove_dir(&o.path)?;
     wal::log_drop(o.oid, &[o.tablespace]);
-    Ok(())
+    // SAFETY: flushes WAL up to the record we just wrote.
+    unsafe { pg_sys::XLogFlush(pg_sys::XactLastRecEnd) };
+    remove_dir(&o.path)
 }

@@ -5,7 +5,7 @@
 use crate::branch;
 use crate::catalog;
 use crate::cleanup;
-use crate::fence;
+use crate::compat;
 use crate::ffi;
 use crate::gucs;
 use pg_branch_storage::{can_reflink_in, fs_name, is_nocow, mount_options, Method, CONVERT_SUFFIX};
@@ -39,8 +39,9 @@ impl Check {
 pub fn run() -> Vec<Check> {
     let mut out = vec![preload(), enabled()];
     out.extend(catalog::tablespaces().into_iter().map(tablespace));
-    out.extend(databases());
-    out.push(lock_table());
+    let (checks, largest) = databases();
+    out.extend(checks);
+    out.push(lock_table(largest));
     out.push(wal_record());
     out.push(orphans());
     out.extend(interrupted_conversions());
@@ -129,11 +130,25 @@ fn tablespace(ts: Oid) -> Check {
     }
 }
 
-/// How each database would be branched.
-fn databases() -> Vec<Check> {
+/// How each database would be branched, and which one has the most
+/// relations (name, count) for [`lock_table`].
+///
+/// Reading another database's files and pages is safe only while it can be
+/// neither dropped nor moved: DROP DATABASE and ALTER DATABASE ... SET
+/// TABLESPACE drop its buffers and then remove its files, and a buffer read
+/// back in between (or dirtied, by setting a hint bit) would be left for a
+/// file that no longer exists, failing every later checkpoint. So, as the
+/// branch protocol does with its template, each database is locked first
+/// (AccessShareLock on the database object, which conflicts only with the
+/// AccessExclusiveLock of DROP, RENAME, SET TABLESPACE and conversion, so
+/// connections and branches never wait for doctor), its row re-read under
+/// the lock, and skipped if it is gone or invalid. Its pages are then only
+/// read, never dirtied ([`relation_count`]). The lock is released before
+/// the next database.
+fn databases() -> (Vec<Check>, Option<(String, usize)>) {
     let dbs: Vec<(String, bool)> = Spi::connect(|c| {
         c.select(
-            "SELECT datname::text, datconnlimit = -2 FROM pg_database ORDER BY datname",
+            "SELECT datname::text, datconnlimit = -2 FROM pg_catalog.pg_database ORDER BY datname",
             None,
             &[],
         )
@@ -149,19 +164,34 @@ fn databases() -> Vec<Check> {
         .unwrap_or_default()
     });
     let mut out = Vec::new();
+    let mut largest: Option<(String, usize)> = None;
+    let lockmode = pg_sys::AccessShareLock as pg_sys::LOCKMODE;
     for (name, invalid) in dbs {
         let what = format!("database {name}");
+        let invalid_check = || {
+            check(
+                format!("database {name}"),
+                "warning",
+                "invalid (an interrupted DROP DATABASE)",
+            )
+            .hint(format!("DROP DATABASE \"{name}\";"))
+        };
         if invalid {
-            out.push(
-                check(what, "warning", "invalid (an interrupted DROP DATABASE)")
-                    .hint(format!("DROP DATABASE \"{name}\";")),
-            );
+            out.push(invalid_check());
             continue;
         }
         let cname = CString::new(name.clone()).expect("no NUL");
-        let Some(db) = catalog::lock_database(&cname, pg_sys::NoLock as _) else {
+        // Dropped or renamed since the listing: nothing to say about it.
+        let Some(db) = catalog::lock_database(&cname, lockmode) else {
             continue;
         };
+        // Re-checked under the lock: a DROP DATABASE that failed or was
+        // interrupted leaves the database invalid, its files partly gone.
+        if is_invalid(db.oid) {
+            unlock_database(db.oid, lockmode);
+            out.push(invalid_check());
+            continue;
+        }
         out.push(match branch::plan(db.oid, db.tablespace, db.tablespace) {
             Ok(Ok(steps)) if steps.iter().all(|s| s.method == Method::Snapshot) => {
                 check(what, "ok", "branches are btrfs snapshots: O(1) at any size")
@@ -192,25 +222,157 @@ fn databases() -> Vec<Check> {
             Ok(Err(why)) => check(what, "warning", format!("copied by core: {why}")),
             Err(e) => check(what, "error", e.to_string()),
         });
+        let n = relation_count(db.oid, db.tablespace);
+        if largest.as_ref().is_none_or(|(_, m)| n > *m) {
+            largest = Some((name, n));
+        }
+        unlock_database(db.oid, lockmode);
     }
-    out
+    (out, largest)
+}
+
+fn unlock_database(db: Oid, lockmode: pg_sys::LOCKMODE) {
+    // SAFETY: releases the lock catalog::lock_database took.
+    unsafe { pg_sys::UnlockSharedObject(pg_sys::DatabaseRelationId, db, 0, lockmode) }
+}
+
+/// Whether database `db` is marked invalid (`datconnlimit` = -2, left by
+/// an interrupted DROP DATABASE). Read from the syscache, which taking the
+/// database's lock has brought up to date.
+fn is_invalid(db: Oid) -> bool {
+    // SAFETY: a syscache lookup, released before returning.
+    unsafe {
+        let cache = pg_sys::SysCacheIdentifier::DATABASEOID as i32;
+        let tuple = pg_sys::SearchSysCache1(cache, pg_sys::Datum::from(db));
+        if tuple.is_null() {
+            return true;
+        }
+        let form = &*pg_sys::heap_tuple_get_struct::<pg_sys::FormData_pg_database>(tuple);
+        let invalid = form.datconnlimit == -2;
+        pg_sys::ReleaseSysCache(tuple);
+        invalid
+    }
+}
+
+/// How many relations a branch of database `db` would lock: the rows of its
+/// `pg_class` that are committed and not deleted now, but shared catalogs
+/// and temporary tables, as the fence counts them. The caller holds a lock
+/// on the database that keeps DROP and SET TABLESPACE out.
+///
+/// Nothing here may dirty a buffer of another database: each page is copied
+/// under its share lock and the tuples are judged on the copy, from their
+/// hint bits where set and from the commit log otherwise, without setting
+/// any (HeapTupleSatisfiesVisibility would set them on the shared page and
+/// mark it dirty). Without the fence's lock on that `pg_class`, concurrent
+/// DDL may make the count slightly off, which a diagnosis can afford.
+fn relation_count(db: Oid, tablespace: Oid) -> usize {
+    let mut count = 0;
+    let mut copy = vec![0u64; pg_sys::BLCKSZ as usize / 8];
+    // SAFETY: as core's ScanSourceDatabasePgClass, without a snapshot: each
+    // buffer is pinned and share-locked only while it is copied, and
+    // released at once; the tuples are read from our aligned copy.
+    unsafe {
+        let dbpath = pg_sys::GetDatabasePath(db, tablespace);
+        let relfilenode = ffi::relation_map_filenode(dbpath, pg_sys::RelationRelationId);
+        let rnode = compat::file_locator(tablespace, db, relfilenode);
+        let smgr = compat::smgropen_shared(rnode);
+        let nblocks = pg_sys::smgrnblocks(smgr, pg_sys::ForkNumber::MAIN_FORKNUM);
+        pg_sys::smgrclose(smgr);
+        let strategy = pg_sys::GetAccessStrategy(pg_sys::BufferAccessStrategyType::BAS_BULKREAD);
+        for blkno in 0..nblocks {
+            check_for_interrupts!();
+            let buf = pg_sys::ReadBufferWithoutRelcache(
+                rnode,
+                pg_sys::ForkNumber::MAIN_FORKNUM,
+                blkno,
+                pg_sys::ReadBufferMode::RBM_NORMAL,
+                strategy,
+                true,
+            );
+            pg_sys::LockBuffer(buf, pg_sys::BUFFER_LOCK_SHARE as _);
+            std::ptr::copy_nonoverlapping(
+                pg_sys::BufferGetPage(buf) as *const u8,
+                copy.as_mut_ptr().cast::<u8>(),
+                pg_sys::BLCKSZ as usize,
+            );
+            pg_sys::UnlockReleaseBuffer(buf);
+            let page = copy.as_mut_ptr() as pg_sys::Page;
+            if pg_sys::PageIsNew(page) || pg_sys::PageIsEmpty(page) {
+                continue;
+            }
+            for off in 1..=pg_sys::PageGetMaxOffsetNumber(page) {
+                let item = pg_sys::PageGetItemId(page, off);
+                if (*item).lp_flags() != pg_sys::LP_NORMAL {
+                    continue;
+                }
+                let header = pg_sys::PageGetItem(page, item) as pg_sys::HeapTupleHeader;
+                if !live_now(header) {
+                    continue;
+                }
+                let mut tuple: pg_sys::HeapTupleData = std::mem::zeroed();
+                tuple.t_data = header;
+                tuple.t_len = (*item).lp_len();
+                let form = &*pg_sys::heap_tuple_get_struct::<pg_sys::FormData_pg_class>(&mut tuple);
+                if !form.relisshared && form.relpersistence as u8 != pg_sys::RELPERSISTENCE_TEMP {
+                    count += 1;
+                }
+            }
+        }
+        pg_sys::FreeAccessStrategy(strategy);
+    }
+    count
+}
+
+/// Whether the tuple is inserted by a committed transaction and not
+/// deleted by one, as a snapshot taken now would see it; decided from its
+/// hint bits and the commit log, changing nothing.
+///
+/// # Safety
+/// `tup` must point to a heap tuple header of another database's catalog
+/// (so no transaction of ours wrote it), in memory we own.
+unsafe fn live_now(tup: pg_sys::HeapTupleHeader) -> bool {
+    let infomask = (*tup).t_infomask as u32;
+    let committed = |xid: pg_sys::TransactionId| {
+        // As HeapTupleSatisfiesMVCC: the proc array first, since a
+        // transaction is marked committed in clog before it leaves it.
+        !pg_sys::TransactionIdIsInProgress(xid) && pg_sys::TransactionIdDidCommit(xid)
+    };
+    let xmin_frozen = pg_sys::HEAP_XMIN_COMMITTED | pg_sys::HEAP_XMIN_INVALID;
+    if infomask & xmin_frozen == xmin_frozen || infomask & pg_sys::HEAP_XMIN_COMMITTED != 0 {
+        // committed (or frozen)
+    } else if infomask & pg_sys::HEAP_XMIN_INVALID != 0 || !committed((*tup).t_choice.t_heap.t_xmin)
+    {
+        return false;
+    }
+    if infomask & pg_sys::HEAP_XMAX_INVALID != 0 {
+        return true;
+    }
+    let lock_only = infomask & pg_sys::HEAP_XMAX_LOCK_ONLY != 0
+        || infomask & (pg_sys::HEAP_XMAX_IS_MULTI | pg_sys::HEAP_LOCK_MASK)
+            == pg_sys::HEAP_XMAX_EXCL_LOCK;
+    if lock_only {
+        return true;
+    }
+    if infomask & pg_sys::HEAP_XMAX_COMMITTED != 0 {
+        return false;
+    }
+    let xmax = if infomask & pg_sys::HEAP_XMAX_IS_MULTI != 0 {
+        pg_sys::HeapTupleGetUpdateXid(tup as _)
+    } else {
+        (*tup).t_choice.t_heap.t_xmax
+    };
+    !committed(xmax)
 }
 
 /// The writer fence takes a lock on every relation of the template, all in
 /// the shared lock table, whose size is max_locks_per_transaction ×
-/// (max backends + max_prepared_transactions).
-fn lock_table() -> Check {
+/// (max backends + max_prepared_transactions). `largest` is the database
+/// with the most relations (see [`databases`]).
+fn lock_table(largest: Option<(String, usize)>) -> Check {
     // SAFETY: reads two integers the postmaster set at start.
     let (per_xact, backends) = unsafe { (pg_sys::max_locks_per_xact, pg_sys::MaxBackends) };
     let prepared: i32 = setting("max_prepared_transactions").parse().unwrap_or(0);
     let capacity = per_xact as i64 * (backends as i64 + prepared as i64);
-    let mut largest: Option<(String, usize)> = None;
-    for (name, oid, ts) in connectable_databases() {
-        let n = fence::relation_count(oid, ts);
-        if largest.as_ref().is_none_or(|(_, m)| n > *m) {
-            largest = Some((name, n));
-        }
-    }
     let Some((name, n)) = largest else {
         return check("max_locks_per_transaction", "ok", "no databases");
     };
@@ -236,30 +398,6 @@ fn lock_table() -> Check {
     }
 }
 
-/// Every database whose relations a branch would lock, with its default
-/// tablespace. template0 and other unconnectable ones too: they can be
-/// templates.
-fn connectable_databases() -> Vec<(String, Oid, Oid)> {
-    Spi::connect(|c| {
-        c.select(
-            "SELECT datname::text, oid, dattablespace FROM pg_database WHERE datconnlimit <> -2",
-            None,
-            &[],
-        )
-        .map(|rows| {
-            rows.filter_map(|r| {
-                Some((
-                    r.get::<String>(1).ok()??,
-                    r.get::<Oid>(2).ok()??,
-                    r.get::<Oid>(3).ok()??,
-                ))
-            })
-            .collect()
-        })
-        .unwrap_or_default()
-    })
-}
-
 fn wal_record() -> Check {
     let what = "pg_branch.wal_record";
     let record = if crate::wal::core_record() {
@@ -274,7 +412,7 @@ fn wal_record() -> Check {
             format!("{record}; wal_level is minimal: no standbys"),
         );
     }
-    let standbys: i64 = Spi::get_one("SELECT count(*) FROM pg_stat_replication")
+    let standbys: i64 = Spi::get_one("SELECT count(*) FROM pg_catalog.pg_stat_replication")
         .ok()
         .flatten()
         .unwrap_or(0);
@@ -303,7 +441,7 @@ fn wal_record() -> Check {
 }
 
 fn orphans() -> Check {
-    let found = cleanup::orphans();
+    let found = cleanup::orphans(cleanup::Hold::ForTheListing);
     if found.is_empty() {
         return check("orphaned directories", "ok", "none");
     }

@@ -341,13 +341,6 @@ fn describe(holders: &[Holder]) -> String {
     }
 }
 
-/// How many relations a fence on database `db` would lock, for
-/// `doctor()`. Without the fence's lock on its `pg_class`, concurrent DDL
-/// may make the count slightly off, which a diagnosis can afford.
-pub fn relation_count(db: Oid, tablespace: Oid) -> usize {
-    template_relations(db, tablespace).len()
-}
-
 /// Every relation of database `db` that a writer could lock: all rows of
 /// its `pg_class` visible now, except shared catalogs (not in the
 /// template's directory) and other sessions' temporary tables (not copied,
