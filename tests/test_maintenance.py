@@ -1,0 +1,301 @@
+"""The maintenance functions lock like core's database commands do.
+
+orphans() / remove_orphans() and doctor() read pg_database and other
+databases' pages; they must never mistake a live database for an orphan,
+nor leave a buffer behind for a file that DROP DATABASE or ALTER DATABASE
+... SET TABLESPACE is about to remove.
+
+The races are made deterministic with gdb: a breakpoint in the backend (a
+Python `stop()` that picks the exact call) holds it at a chosen point
+while another session runs. The breakpoints are on functions the server
+exports, and they look at registers and at the first fields of structs
+whose layout is the same in PostgreSQL 15-18, so they need no debug
+information.
+"""
+
+import os
+import shutil
+import signal
+import subprocess
+import threading
+
+import psycopg
+import pytest
+
+from conftest import Cluster, mount, wait_for, waiting_on_lock
+
+GDB_SCRIPT = """
+import gdb
+gdb.execute("set pagination off")
+gdb.execute("set confirm off")
+# The server signals its backends (barriers, latches, timeouts): let them
+# through. SIGINT keeps gdb's default (stop, not passed): detach() uses it.
+gdb.execute("handle SIGUSR1 SIGUSR2 SIGTERM SIGALRM SIGPIPE SIGQUIT nostop noprint pass")
+
+def u32(expr):
+    return int(gdb.parse_and_eval("*(unsigned int *)(" + expr + ")")) & 0xffffffff
+
+stops = 0
+
+class Stop(gdb.Breakpoint):
+    def __init__(self, fn):
+        super().__init__(fn)
+        self.fn = fn
+        self.matches = 0
+
+    def stop(self):
+        global stops
+        fn = self.fn
+        older = gdb.newest_frame().older()
+        lib = gdb.solib_name(older.pc()) if older is not None else None
+        from_pg_branch = bool(lib) and "pg_branch" in lib
+        rdi = int(gdb.parse_and_eval("$rdi")) & 0xffffffffffffffff
+        if not (FILTER):
+            return False
+        self.matches += 1
+        if not (WHEN):
+            return False
+        stops += 1
+        open(MARK + "." + str(stops), "w").close()
+        return True
+
+for f in FUNCTIONS:
+    Stop(f)
+open(MARK + ".attached", "w").close()
+gdb.execute("continue")
+"""
+
+
+class Gdb:
+    """gdb attached to backend `pid`, stopping it in one of `functions`
+    whenever the Python expressions `filter` (which calls count) and `when`
+    (which of those stop) hold. They see `fn` (the function hit), `stops`
+    (how many stops so far), `self.matches` (calls of `fn` that passed
+    `filter`), `from_pg_branch` (whether pg_branch.so made the call),
+    `rdi` (the first argument) and `u32(expr)` (reads memory)."""
+
+    def __init__(self, tmp_path, pid, functions, filter="True", when="True"):
+        self.mark = str(tmp_path / f"gdb-{pid}")
+        script = tmp_path / f"gdb-{pid}.py"
+        script.write_text(f"FUNCTIONS = {list(functions)!r}\nMARK = {self.mark!r}\n"
+                          + GDB_SCRIPT.replace("FILTER", filter).replace("WHEN", when))
+        self.proc = subprocess.Popen(["gdb", "-q", "-nx", "-p", str(pid), "-x", str(script)],
+                                     stdin=subprocess.PIPE, stdout=open(self.mark + ".log", "w"),
+                                     stderr=subprocess.STDOUT, text=True)
+        assert wait_for(lambda: os.path.exists(self.mark + ".attached"), 120), "gdb did not attach"
+
+    def stopped(self, n=1):
+        return os.path.exists(f"{self.mark}.{n}")
+
+    def wait_stopped(self, n=1, timeout=60):
+        assert wait_for(lambda: self.stopped(n), timeout), f"backend never reached stop {n}"
+
+    def cont(self):
+        self.proc.stdin.write("continue\n")
+        self.proc.stdin.flush()
+
+    def detach(self):
+        if self.proc.poll() is None:
+            # A running backend must be stopped before gdb reads commands
+            # again: SIGINT makes gdb interrupt it (the backend never sees it).
+            self.proc.send_signal(signal.SIGINT)
+            self.proc.stdin.write("detach\nquit\n")
+            self.proc.stdin.flush()
+            self.proc.wait(60)
+
+
+class Session:
+    """A connection whose statements run in a thread, so that its backend
+    can be stopped in gdb meanwhile."""
+
+    def __init__(self, cluster, name, dbname="postgres"):
+        self.cluster = cluster
+        self.name = name
+        self.conn = cluster.connect(dbname)
+        self.conn.execute("SELECT set_config('application_name', %s, false)", (name,))
+        self.pid = self.conn.execute("SELECT pg_backend_pid()").fetchone()[0]
+        self.thread = None
+
+    def start(self, sql):
+        self.rows, self.error = None, None
+
+        def run():
+            try:
+                cur = self.conn.execute(sql)
+                self.rows = cur.fetchall() if cur.description else None
+            except psycopg.Error as e:
+                self.error = e
+
+        self.thread = threading.Thread(target=run)
+        self.thread.start()
+        return self
+
+    def done(self):
+        return self.thread is not None and not self.thread.is_alive()
+
+    def waiting_on_lock(self):
+        return waiting_on_lock(self.cluster, self.name)
+
+    def join(self):
+        self.thread.join(120)
+        assert not self.thread.is_alive()
+        if self.error:
+            raise self.error
+        return self.rows
+
+    def close(self):
+        self.conn.close()
+
+
+@pytest.fixture
+def fresh(request):
+    """A cluster of its own: these tests fill pg_database, or leave a
+    cluster whose checkpoints fail when the bug is there."""
+    c = Cluster(mount("PG_BRANCH_TEST_BTRFS") / f"pytest-maint-{request.node.name[:40]}", 5520,
+                extra_conf="autovacuum = off").init().start()
+    c.sql("CREATE EXTENSION pg_branch")
+    yield c
+    c.stop(mode="immediate", check=False)
+
+
+def block_and_offset(cluster, name):
+    ctid = cluster.one("SELECT ctid::text FROM pg_database WHERE datname = %s", params=(name,))
+    block, offset = ctid.strip("()").split(",")
+    return int(block), int(offset)
+
+
+def spread_pg_database(cluster):
+    """Fill pg_database until it has three pages; returns a database whose
+    row is the last of page 1, which is full (so an update of it cannot
+    stay on its page), after making room on page 0 (so the new version of
+    that row goes there, behind a scan that has passed page 0)."""
+    cluster.sql("CREATE DATABASE fill_tpl")  # a subvolume: the rest are snapshots of it
+    n = 0
+    while True:
+        cluster.sql(f"CREATE DATABASE fill{n} TEMPLATE fill_tpl")
+        if block_and_offset(cluster, f"fill{n}")[0] == 2:
+            break
+        n += 1
+        assert n < 1000
+    on = {}
+    for (name,) in cluster.sql("SELECT datname FROM pg_database"):
+        on.setdefault(block_and_offset(cluster, name)[0], []).append((block_and_offset(cluster, name)[1], name))
+    victim = max(on[1])[1]
+    page0 = sorted(on[0])
+    # Drop fillers in the middle of page 0 (their line pointers are reused
+    # first; a trailing one would be truncated away by VACUUM).
+    for _, name in [x for x in page0 if x[1].startswith("fill")][1:5]:
+        cluster.sql(f"DROP DATABASE {name}")
+    cluster.sql("VACUUM pg_database")
+    return victim
+
+
+# PostgreSQL's RelFileLocator (RelFileNode in 15) opens struct RelationData:
+# {spcOid, dbOid, relNumber}. pg_database is 1664 (pg_global) / 0 / 1262.
+PG_DATABASE_SCAN = ("from_pg_branch and u32('*(unsigned long *)$rdi') == 1664 "
+                    "and u32('*(unsigned long *)$rdi + 8') == 1262")
+
+
+@pytest.mark.parametrize("function", ["orphans", "remove_orphans"])
+def test_orphans_never_take_a_database_altered_during_the_scan(fresh, tmp_path, function):
+    c = fresh
+    victim = spread_pg_database(c)
+    victim_dir = c.db_path(victim)
+    on_page0 = c.one("SELECT count(*) FROM pg_database WHERE (ctid::text::point)[0] = 0")
+    scanner = Session(c, "orphan_scan")
+    # Stop the scan of pg_database when it asks for its second tuple of
+    # page 1: page 0 is behind it, the victim's row still ahead.
+    gdb = Gdb(tmp_path, scanner.pid, ["systable_getnext"], PG_DATABASE_SCAN,
+              f"self.matches == {on_page0 + 2}")
+    alter = None
+    try:
+        scanner.start(f"SELECT path FROM pgbranch.{function}()")
+        gdb.wait_stopped()
+        alter = Session(c, "orphan_alter").start(f"ALTER DATABASE {victim} CONNECTION LIMIT 7")
+        # Either the ALTER commits at once (its new row version lands on
+        # page 0, behind the scan), or the scan's lock makes it wait.
+        assert wait_for(lambda: alter.done() or alter.waiting_on_lock())
+    finally:
+        gdb.detach()
+    paths = [p for (p,) in scanner.join()]
+    alter.join()
+    assert block_and_offset(c, victim)[0] == 0, "the new row version was meant to land behind the scan"
+    assert str(victim_dir.relative_to(c.data)) not in paths
+    assert victim_dir.is_dir()
+    assert c.one("SELECT datconnlimit FROM pg_database WHERE datname = %s", params=(victim,)) == 7
+    assert c.one("SELECT count(*) FROM pg_class", dbname=victim) > 100
+    scanner.close()
+    alter.close()
+
+
+def unhinted_database(cluster, name):
+    """A database whose newest pg_class rows are on disk without hint bits:
+    committed, then never read by anyone (autovacuum is off)."""
+    cluster.sql(f"CREATE DATABASE {name}")
+    with cluster.connect(name) as conn:
+        conn.execute("BEGIN")
+        for i in range(40):
+            conn.execute(f"CREATE TABLE t{i} (a int)")
+        conn.execute("COMMIT")
+    cluster.sql("CHECKPOINT")
+    return cluster.one("SELECT oid FROM pg_database WHERE datname = %s", params=(name,))
+
+
+@pytest.mark.parametrize("ddl", ["drop", "set_tablespace"])
+def test_doctor_leaves_no_buffer_of_a_database_being_dropped_or_moved(fresh, tmp_path, ddl):
+    c = fresh
+    oid = unhinted_database(c, "doc_victim")
+    if ddl == "drop":
+        statement = "DROP DATABASE doc_victim"
+    else:
+        where = mount("PG_BRANCH_TEST_BTRFS") / "pytest-maint-ts"
+        shutil.rmtree(where, ignore_errors=True)
+        where.mkdir()
+        shutil.chown(where, "postgres", "postgres")
+        c.sql(f"CREATE TABLESPACE maint_ts LOCATION '{where}'")
+        statement = "ALTER DATABASE doc_victim SET TABLESPACE maint_ts"
+    doctor = Session(c, "doctor")
+    # ReadBufferWithoutRelcache(RelFileLocator, ...): the locator is passed
+    # in registers, its dbOid in the high half of the first one. Stop 1: the
+    # first page doctor reads of another database; stop 2: the first page
+    # of the victim's.
+    gdb_doctor = Gdb(tmp_path, doctor.pid, ["ReadBufferWithoutRelcache"], "from_pg_branch",
+                     f"(rdi >> 32) != {oid} and stops == 0 or (rdi >> 32) == {oid} and stops == 1")
+    # Stop 1: the DDL has emitted the barrier that makes every backend
+    # close its files, and is about to wait for it; stop 2: it has dropped
+    # the victim's buffers (and, SET TABLESPACE, copied its files, run its
+    # last checkpoint and committed) and is about to remove its old files.
+    ddl_session = Session(c, "ddl")
+    gdb_ddl = Gdb(tmp_path, ddl_session.pid, ["WaitForProcSignalBarrier", "rmtree"], "True",
+                  "fn == 'WaitForProcSignalBarrier' and stops == 0 or fn == 'rmtree' and stops == 1")
+    try:
+        doctor.start("SELECT item, status, detail FROM pgbranch.doctor()")
+        gdb_doctor.wait_stopped(1)
+        ddl_session.start(statement)
+        # The DDL has dropped the victim's buffers (or is about to) and
+        # waits for every backend, doctor included, to close its files.
+        # The DDL waits for every backend, doctor included, to close its
+        # files.
+        gdb_ddl.wait_stopped(1)
+        gdb_ddl.cont()
+        gdb_doctor.cont()
+        assert wait_for(lambda: gdb_doctor.stopped(2) or doctor.waiting_on_lock() or doctor.done())
+        # The victim's buffers are gone and its old files still there.
+        gdb_ddl.wait_stopped(2)
+        gdb_doctor.detach()
+        assert wait_for(lambda: doctor.waiting_on_lock() or doctor.done())
+    finally:
+        gdb_doctor.detach()
+        gdb_ddl.detach()
+    ddl_session.join()
+    rows = doctor.join()
+    assert not [r for r in rows if r[1] == "error"], rows
+    # Every buffer doctor left can be written.
+    try:
+        c.sql("CHECKPOINT")
+    except psycopg.Error as e:
+        log = [line for line in (c.root / "log").read_text().splitlines() if "could not" in line]
+        pytest.fail(f"{e}: {log[-1:]}")
+    doctor.close()
+    ddl_session.close()
+    c.stop()
