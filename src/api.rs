@@ -138,7 +138,7 @@ fn orphans() -> TableIterator<
     ),
 > {
     TableIterator::new(
-        cleanup::orphans(cleanup::Hold::ForTheListing)
+        cleanup::orphans(cleanup::Purpose::List)
             .into_iter()
             .map(|o| {
                 (
@@ -167,7 +167,7 @@ fn remove_orphans() -> TableIterator<
     // database can be created (with an OID we are removing), altered or
     // dropped meanwhile (cleanup.rs).
     let mut removed = Vec::new();
-    for o in cleanup::orphans(cleanup::Hold::UntilCommit) {
+    for o in cleanup::orphans(cleanup::Purpose::Remove) {
         let bytes = dir_bytes(&o.path);
         if let Err(e) = cleanup::remove_orphan(&o) {
             error::error(

@@ -127,43 +127,90 @@ pub struct Orphan {
     pub path: PathBuf,
 }
 
-/// How long [`orphans`] keeps its lock on `pg_database`.
+/// What [`orphans`] is asked for, which decides how it locks.
 #[derive(Clone, Copy, PartialEq, Eq)]
-pub enum Hold {
-    /// Release it once the list is made: the list is for reading, and is
+pub enum Purpose {
+    /// A list to read (`orphans()`, `doctor()`): it never waits, and is
     /// stale the moment it is returned.
-    ForTheListing,
-    /// Keep it until the transaction ends, so that no database can be
-    /// created, altered or dropped until the orphans found are removed.
-    UntilCommit,
+    List,
+    /// A list to remove (`remove_orphans()`): exact, and kept exact until
+    /// the transaction ends.
+    Remove,
 }
 
 /// Every `<tablespace>/<oid>` directory whose OID belongs to no database.
 ///
-/// Locking, as core's database commands do it: every CREATE, ALTER (OWNER,
-/// RENAME, CONNECTION LIMIT, IS_TEMPLATE, SET TABLESPACE), GRANT ... ON
-/// DATABASE and DROP DATABASE holds RowExclusiveLock on `pg_database`
-/// until it commits, and creates or removes its directories while it holds
-/// it. ShareLock conflicts with it: once we have it, none of them is in
-/// progress, and none can start until we release it. So the directories
-/// listed and the catalog read after the lock describe the same moment, and
-/// an MVCC snapshot taken then sees every database there is: a row version
-/// that an ALTER replaces during the scan stays visible to it wherever the
-/// new version lands (a dirty or non-MVCC scan, which re-reads the page
-/// between tuples, could miss both versions).
-pub fn orphans(hold: Hold) -> Vec<Orphan> {
-    // SAFETY: a catalog scan inside a transaction, with a registered
-    // snapshot that outlives it; everything is closed before returning and
-    // errors unwind through pgrx's guards (the lock then goes with the
-    // transaction).
+/// Every CREATE, ALTER (OWNER, RENAME, CONNECTION LIMIT, IS_TEMPLATE, SET
+/// TABLESPACE), GRANT ... ON DATABASE and DROP DATABASE holds
+/// RowExclusiveLock on `pg_database` until it commits, and makes or
+/// removes its directories while it holds it. The directories are listed
+/// first, the catalog read after: a CREATE inserts its row before it makes
+/// its directory, so a directory we list has its row by the time we look.
+///
+/// The catalog is read with an MVCC snapshot taken after the listing. A
+/// row version that an ALTER replaces during the scan stays visible to it
+/// wherever the new version lands; a dirty (non-MVCC) scan, which re-reads
+/// the page between tuples, could miss both versions and take a live
+/// database for an orphan.
+///
+/// - [`Purpose::Remove`] takes ShareLock on `pg_database`, which conflicts
+///   with RowExclusiveLock: it waits for every database command in progress
+///   (a branch waiting for its checkpoint included; `lock_timeout`
+///   applies), and none can start until we commit. The snapshot then sees
+///   every database there is, and nobody can create one with an OID we are
+///   about to remove.
+/// - [`Purpose::List`] waits for nothing (AccessShareLock): a read-only
+///   listing must not queue behind a CREATE DATABASE, nor make the next one
+///   queue behind it. A database being created right now is not in the
+///   MVCC snapshot, so a second, dirty scan adds rows whose insertion is in
+///   progress. It can still miss one whose CREATE commits and which is
+///   then altered while the scan runs (the new version landing behind it):
+///   the listing would show that directory, and `remove_orphans()`, which
+///   looks again under its lock, keeps it.
+pub fn orphans(purpose: Purpose) -> Vec<Orphan> {
+    let lockmode = match purpose {
+        Purpose::List => pg_sys::AccessShareLock,
+        Purpose::Remove => pg_sys::ShareLock,
+    } as pg_sys::LOCKMODE;
+    // SAFETY: catalog scans inside a transaction, with snapshots that
+    // outlive them; everything is closed before returning and errors unwind
+    // through pgrx's guards (the lock then goes with the transaction).
     unsafe {
-        let lockmode = pg_sys::ShareLock as pg_sys::LOCKMODE;
         let rel = pg_sys::table_open(pg_sys::DatabaseRelationId, lockmode);
-        // 1. Under the lock: the directories.
+        // 1. The directories.
         let found = database_dirs();
-        // 2. Under the lock: every database, as of a snapshot taken after
-        //    it was granted, so no change to pg_database is in progress.
+        // 2. Every database, as of a snapshot taken after the listing.
         let snapshot = pg_sys::RegisterSnapshot(pg_sys::GetLatestSnapshot());
+        let mut in_use = database_oids(rel, snapshot);
+        pg_sys::UnregisterSnapshot(snapshot);
+        // 3. Listing only: those being created right now.
+        if purpose == Purpose::List {
+            let mut dirty: pg_sys::SnapshotData = std::mem::zeroed();
+            dirty.snapshot_type = pg_sys::SnapshotType::SNAPSHOT_DIRTY;
+            in_use.extend(database_oids(rel, &mut dirty));
+        }
+        // Removal keeps the lock until commit (remove_orphan relies on it).
+        let release = match purpose {
+            Purpose::List => lockmode,
+            Purpose::Remove => pg_sys::NoLock as pg_sys::LOCKMODE,
+        };
+        pg_sys::table_close(rel, release);
+        found
+            .into_iter()
+            .filter(|o| !in_use.contains(&o.oid))
+            .collect()
+    }
+}
+
+/// The OID of every `pg_database` row that `snapshot` sees.
+///
+/// # Safety
+/// `rel` is `pg_database`, open and locked; `snapshot` is valid for the
+/// whole scan.
+unsafe fn database_oids(rel: pg_sys::Relation, snapshot: pg_sys::Snapshot) -> Vec<Oid> {
+    let mut out = Vec::new();
+    // SAFETY: as the caller promises; the scan is ended before returning.
+    unsafe {
         let scan = pg_sys::systable_beginscan(
             rel,
             pg_sys::InvalidOid,
@@ -172,27 +219,16 @@ pub fn orphans(hold: Hold) -> Vec<Orphan> {
             0,
             std::ptr::null_mut(),
         );
-        let mut in_use = Vec::new();
         loop {
             let tuple = pg_sys::systable_getnext(scan);
             if tuple.is_null() {
                 break;
             }
-            in_use
-                .push((*pg_sys::heap_tuple_get_struct::<pg_sys::FormData_pg_database>(tuple)).oid);
+            out.push((*pg_sys::heap_tuple_get_struct::<pg_sys::FormData_pg_database>(tuple)).oid);
         }
         pg_sys::systable_endscan(scan);
-        pg_sys::UnregisterSnapshot(snapshot);
-        let release = match hold {
-            Hold::ForTheListing => lockmode,
-            Hold::UntilCommit => pg_sys::NoLock as pg_sys::LOCKMODE,
-        };
-        pg_sys::table_close(rel, release);
-        found
-            .into_iter()
-            .filter(|o| !in_use.contains(&o.oid))
-            .collect()
     }
+    out
 }
 
 /// Every `<tablespace>/<oid>` directory there is.
@@ -223,7 +259,7 @@ fn database_dirs() -> Vec<Orphan> {
     found
 }
 
-/// Remove an orphan directory found by `orphans(Hold::UntilCommit)`, whose
+/// Remove an orphan directory found by `orphans(Purpose::Remove)`, whose
 /// lock is still held, so nobody can create a database with its OID before
 /// we commit.
 ///

@@ -441,7 +441,7 @@ fn wal_record() -> Check {
 }
 
 fn orphans() -> Check {
-    let found = cleanup::orphans(cleanup::Hold::ForTheListing);
+    let found = cleanup::orphans(cleanup::Purpose::List);
     if found.is_empty() {
         return check("orphaned directories", "ok", "none");
     }

@@ -39,7 +39,10 @@ stops = 0
 
 class Stop(gdb.Breakpoint):
     def __init__(self, fn):
-        super().__init__(fn)
+        # "*fn": the function's first instruction, where $rdi is still its
+        # first argument, with or without debug symbols (with them, a plain
+        # "fn" breaks after the prologue).
+        super().__init__("*" + fn)
         self.fn = fn
         self.matches = 0
 
