@@ -1,6 +1,7 @@
 //! The two btrfs ioctls pg_branch needs, declared from `linux/btrfs.h`
 //! (libbtrfsutil would add a C library dependency for two calls).
 
+use crate::ioctl::{ior, iow};
 use std::ffi::CString;
 use std::fs::File;
 use std::io;
@@ -34,12 +35,13 @@ struct VolArgsV2 {
 const _: () = assert!(mem::size_of::<VolArgs>() == 4096);
 const _: () = assert!(mem::size_of::<VolArgsV2>() == 4096);
 
-/// `_IOW(BTRFS_IOCTL_MAGIC, nr, 4096-byte struct)`.
-const fn iow_4096(nr: u64) -> u64 {
-    (1 << 30) | (4096 << 16) | (0x94 << 8) | nr
-}
-const BTRFS_IOC_SUBVOL_CREATE: u64 = iow_4096(14);
-const BTRFS_IOC_SNAP_CREATE_V2: u64 = iow_4096(23);
+const BTRFS_IOCTL_MAGIC: u8 = 0x94;
+/// `_IOW(BTRFS_IOCTL_MAGIC, 14, struct btrfs_ioctl_vol_args)`.
+pub(crate) const BTRFS_IOC_SUBVOL_CREATE: u64 =
+    iow(BTRFS_IOCTL_MAGIC, 14, mem::size_of::<VolArgs>());
+/// `_IOW(BTRFS_IOCTL_MAGIC, 23, struct btrfs_ioctl_vol_args_v2)`.
+pub(crate) const BTRFS_IOC_SNAP_CREATE_V2: u64 =
+    iow(BTRFS_IOCTL_MAGIC, 23, mem::size_of::<VolArgsV2>());
 
 /// `struct btrfs_ioctl_fs_info_args`: 1024 bytes; we read `fsid` only.
 #[repr(C)]
@@ -51,7 +53,7 @@ struct FsInfoArgs {
 }
 const _: () = assert!(mem::size_of::<FsInfoArgs>() == 1024);
 /// `_IOR(BTRFS_IOCTL_MAGIC, 31, struct btrfs_ioctl_fs_info_args)`.
-const BTRFS_IOC_FS_INFO: u64 = (2 << 30) | (1024 << 16) | (0x94 << 8) | 31;
+pub(crate) const BTRFS_IOC_FS_INFO: u64 = ior(BTRFS_IOCTL_MAGIC, 31, mem::size_of::<FsInfoArgs>());
 
 /// The UUID of the btrfs filesystem holding `path`. Unlike `st_dev` and
 /// `f_fsid`, which differ between subvolumes, it names the filesystem.
@@ -107,8 +109,8 @@ pub fn snapshot(src: &Path, dst: &Path) -> io::Result<()> {
     Ok(())
 }
 
-/// Create an empty subvolume at `dst`.
-pub fn create_subvolume(dst: &Path) -> io::Result<()> {
+/// Create an empty subvolume at `dst` with permission bits `mode`.
+pub fn create_subvolume(dst: &Path, mode: u32) -> io::Result<()> {
     let (parent, name) = split(dst)?;
     let mut args = VolArgs {
         fd: 0,
@@ -120,9 +122,10 @@ pub fn create_subvolume(dst: &Path) -> io::Result<()> {
     if rc != 0 {
         return Err(io::Error::last_os_error());
     }
-    // A new subvolume root is created 0755 owned by the caller; PostgreSQL
-    // makes database directories 0700 (pg_dir_create_mode).
-    std::fs::set_permissions(dst, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+    // A new subvolume root is created 0755 whatever the umask; the caller
+    // gives the mode PostgreSQL's directory has (0700, or 0750 in a cluster
+    // made with initdb -g).
+    std::fs::set_permissions(dst, std::os::unix::fs::PermissionsExt::from_mode(mode))
 }
 
 fn split(dst: &Path) -> io::Result<(File, &[u8])> {

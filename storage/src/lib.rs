@@ -20,13 +20,14 @@
 //! server (see `tests/`).
 
 mod btrfs;
+mod ioctl;
 mod reflink;
 
 use std::ffi::OsStr;
 use std::fmt;
 use std::fs::{self, File};
 use std::io;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 /// How a directory is cloned.
@@ -262,11 +263,18 @@ pub fn clone_dir(src: &Path, dst: &Path, method: Method) -> Result<Cloned, Error
             }
         }
         Method::Reflink => {
+            // The new directory and its files get the template's permission
+            // bits, as a snapshot keeps them, which PostgreSQL gave them
+            // from the data directory's (pg_dir_create_mode and
+            // pg_file_create_mode: group access with initdb -g).
+            let mode = dir_mode(src)?;
             let on_btrfs = btrfs::is_btrfs(&parent).map_err(Error::at("stat", &parent))?;
             if on_btrfs {
-                btrfs::create_subvolume(dst).map_err(Error::at("create subvolume", dst))?;
+                btrfs::create_subvolume(dst, mode).map_err(Error::at("create subvolume", dst))?;
             } else {
                 fs::create_dir(dst).map_err(Error::at("create directory", dst))?;
+                fs::set_permissions(dst, fs::Permissions::from_mode(mode))
+                    .map_err(Error::at("chmod", dst))?;
             }
             files = reflink_files(src, dst, &mut skipped_temp_files)?;
         }
@@ -278,6 +286,15 @@ pub fn clone_dir(src: &Path, dst: &Path, method: Method) -> Result<Cloned, Error
         skipped_temp_files,
         files,
     })
+}
+
+/// The permission bits of directory `dir`.
+fn dir_mode(dir: &Path) -> Result<u32, Error> {
+    Ok(fs::metadata(dir)
+        .map_err(Error::at("stat", dir))?
+        .permissions()
+        .mode()
+        & 0o777)
 }
 
 /// Reflink every regular file of `src` but temporary relations into the
@@ -328,7 +345,9 @@ pub enum Converted {
     AlreadySubvolume,
     /// The directory is now a subvolume holding reflinks of its `files`
     /// files. `left_behind` says why the old directory, now named
-    /// `<dir>.pg_branch_convert`, could not be removed, if it could not.
+    /// `<dir>.pg_branch_convert`, was not removed, if it was not (it could
+    /// not be, or the swap could not be made durable and the old directory
+    /// must stay complete until it is).
     Converted {
         files: usize,
         left_behind: Option<Error>,
@@ -339,6 +358,42 @@ pub enum Converted {
 /// directory it converts; a crash can leave one behind, and the next
 /// conversion removes it.
 pub const CONVERT_SUFFIX: &str = "pg_branch_convert";
+
+/// Suffix of the directory a replayed branch is built under before it is
+/// renamed into place (the server's redo, `wal.rs`).
+pub const REDO_SUFFIX: &str = "pg_branch_redo";
+
+/// What a name in a tablespace's database directory stands for: `<oid>`,
+/// a database's directory, or `<oid>.pg_branch_convert` /
+/// `<oid>.pg_branch_redo`, a scratch directory a crash left behind (then
+/// the second field is true). The OID must be spelt as PostgreSQL writes
+/// it (`%u`): decimal digits, no sign, no leading zero. `u32::from_str`
+/// alone also takes `+16384` and `016384`, and such a directory would then
+/// stand for database 16384.
+pub fn database_dir_name(name: &str) -> Option<(u32, bool)> {
+    let (digits, leftover) = match name.split_once('.') {
+        Some((d, suffix)) if suffix == CONVERT_SUFFIX || suffix == REDO_SUFFIX => (d, true),
+        Some(_) => return None,
+        None => (name, false),
+    };
+    if digits.is_empty() || digits.starts_with('0') || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some((digits.parse().ok()?, leftover))
+}
+
+/// Remove what an interrupted conversion of `dir` left next to it
+/// (`<dir>.pg_branch_convert`: the partial subvolume before the swap, the
+/// old directory after it; `dir` is complete either way). Returns whether
+/// there was one. The caller keeps everyone else from converting `dir`.
+pub fn remove_convert_leftover(dir: &Path) -> io::Result<bool> {
+    let tmp = dir.with_extension(CONVERT_SUFFIX);
+    if fs::symlink_metadata(&tmp).is_err() {
+        return Ok(false);
+    }
+    remove_dir(&tmp)?;
+    Ok(true)
+}
 
 /// Turn the plain directory `dir`, on btrfs, into a subvolume with the same
 /// name and the same files, so that it can be snapshotted in O(1).
@@ -355,7 +410,7 @@ pub fn convert_to_subvolume(dir: &Path) -> Result<Converted, Error> {
     // A conversion interrupted by a crash may have left the temporary
     // subvolume, or (after the swap) the old directory, under this name.
     let tmp = dir.with_extension(CONVERT_SUFFIX);
-    remove_dir(&tmp).map_err(Error::at("remove", &tmp))?;
+    remove_convert_leftover(dir).map_err(Error::at("remove", &tmp))?;
     if btrfs::is_subvolume(dir).map_err(Error::at("stat", dir))? {
         return Ok(Converted::AlreadySubvolume);
     }
@@ -366,26 +421,31 @@ pub fn convert_to_subvolume(dir: &Path) -> Result<Converted, Error> {
             source: io::Error::new(io::ErrorKind::Unsupported, "only btrfs has subvolumes"),
         });
     }
-    btrfs::create_subvolume(&tmp).map_err(Error::at("create subvolume", &tmp))?;
-    let built = reflink_files(dir, &tmp, &mut 0).and_then(|files| {
+    let mode = dir_mode(dir)?;
+    btrfs::create_subvolume(&tmp, mode).map_err(Error::at("create subvolume", &tmp))?;
+    let swapped = reflink_files(dir, &tmp, &mut 0).and_then(|files| {
         fsync_path(&tmp)?;
         exchange(dir, &tmp)?;
-        fsync_path(&parent_of(dir))?;
         Ok(files)
     });
-    match built {
-        Ok(files) => {
-            // `tmp` now names the old plain directory. The conversion is
-            // done whether or not it can be removed.
-            let left_behind = remove_dir(&tmp).map_err(Error::at("remove", &tmp)).err();
-            Ok(Converted::Converted { files, left_behind })
-        }
+    let files = match swapped {
+        Ok(files) => files,
         Err(e) => {
             // Not swapped: `dir` is untouched; drop the partial subvolume.
             let _ = remove_dir(&tmp);
-            Err(e)
+            return Err(e);
         }
-    }
+    };
+    // Swapped: `dir` is the subvolume and `tmp` the old plain directory,
+    // whatever fails from here on, so every outcome is "converted".
+    let left_behind = match fsync_path(&parent_of(dir)) {
+        // The swap may not be durable: after a crash `dir` could be the old
+        // directory again, so it must stay complete. Leave it; the next
+        // conversion (or the replay of its record) removes the leftover.
+        Err(e) => Some(e),
+        Ok(()) => remove_dir(&tmp).map_err(Error::at("remove", &tmp)).err(),
+    };
+    Ok(Converted::Converted { files, left_behind })
 }
 
 /// Atomically swap the directory entries `a` and `b` (same parent).
@@ -668,6 +728,36 @@ fn fsync_path(path: &Path) -> Result<(), Error> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn only_core_spellings_are_database_directories() {
+        use super::database_dir_name;
+        assert_eq!(database_dir_name("16384"), Some((16384, false)));
+        assert_eq!(database_dir_name("4294967295"), Some((u32::MAX, false)));
+        assert_eq!(
+            database_dir_name("16384.pg_branch_convert"),
+            Some((16384, true))
+        );
+        assert_eq!(
+            database_dir_name("16384.pg_branch_redo"),
+            Some((16384, true))
+        );
+        for name in [
+            "+16384",
+            "016384",
+            "0",
+            "",
+            "1e4",
+            "16384.tmp",
+            "-1",
+            "4294967296",
+            " 1",
+            ".pg_branch_redo",
+            "+1.pg_branch_redo",
+        ] {
+            assert_eq!(database_dir_name(name), None, "{name:?}");
+        }
+    }
+
     use super::looks_like_temp_rel_name;
     use std::ffi::OsStr;
 

@@ -1,14 +1,15 @@
 //! Per-file clones with `FICLONE`, the filesystem-neutral reflink ioctl
 //! (btrfs, XFS with reflink=1, OpenZFS >= 2.2, bcachefs).
 
+use crate::ioctl::{ior, iow};
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::os::unix::io::AsRawFd;
 use std::path::Path;
 
 /// `_IOW(0x94, 9, int)` from `linux/fs.h`.
-const FICLONE: u64 = (1 << 30) | (4 << 16) | (0x94 << 8) | 9;
+pub(crate) const FICLONE: u64 = iow(0x94, 9, std::mem::size_of::<libc::c_int>());
 
 pub fn ficlone(src: &File, dst: &File) -> io::Result<()> {
     // SAFETY: both descriptors are open for the duration of the call;
@@ -22,7 +23,7 @@ pub fn ficlone(src: &File, dst: &File) -> io::Result<()> {
 }
 
 /// `_IOR('f', 1, long)` and the attribute `chattr +C` sets (linux/fs.h).
-const FS_IOC_GETFLAGS: u64 = (2 << 30) | (8 << 16) | ((b'f' as u64) << 8) | 1;
+pub(crate) const FS_IOC_GETFLAGS: u64 = ior(b'f', 1, std::mem::size_of::<libc::c_long>());
 const FS_NOCOW_FL: libc::c_long = 0x0080_0000;
 
 /// Whether `file` has btrfs's No_COW attribute (`chattr +C`, common advice
@@ -42,14 +43,15 @@ pub fn is_nocow(file: &Path) -> io::Result<bool> {
     Ok(flags & FS_NOCOW_FL != 0)
 }
 
-/// Clone `src` into a new file `dst` (which must not exist), with
-/// PostgreSQL's file mode, and fsync it.
+/// Clone `src` into a new file `dst` (which must not exist), with the
+/// permission bits of `src` (PostgreSQL's: 0600, or 0640 in a cluster made
+/// with initdb -g), and fsync it.
 pub fn clone_file(src: &Path, dst: &Path) -> io::Result<()> {
     let from = File::open(src)?;
     let to = OpenOptions::new()
         .write(true)
         .create_new(true)
-        .mode(0o600)
+        .mode(from.metadata()?.permissions().mode() & 0o777)
         .open(dst)?;
     ficlone(&from, &to)?;
     to.sync_all()

@@ -370,3 +370,74 @@ fn mount_options_are_those_of_the_innermost_mount() {
     assert!(options.split(',').any(|o| o == "rw"), "{options}");
     fs::remove_dir_all(&root).unwrap();
 }
+
+fn mode(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+fn chmod(path: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(path, fs::Permissions::from_mode(mode)).unwrap();
+}
+
+/// A cluster made with `initdb -g` has directories 0750 and files 0640
+/// (pg_dir_create_mode, pg_file_create_mode), so that a backup tool in the
+/// group can read it. A reflinked branch (into a subvolume on btrfs, a plain
+/// directory on XFS) and a converted directory keep those modes; they used
+/// to come out 0700 and 0600 whatever the template's.
+#[test]
+fn clones_and_conversions_keep_the_group_modes_of_initdb_g() {
+    for var in ["PG_BRANCH_TEST_BTRFS", "PG_BRANCH_TEST_XFS"] {
+        let root = scratch(var);
+        let src = root.join("1");
+        make_template(&src);
+        chmod(&src, 0o750);
+        for f in ["PG_VERSION", "16384", "16384.1", "16384_fsm"] {
+            chmod(&src.join(f), 0o640);
+        }
+        let dst = root.join("2");
+        clone_dir(&src, &dst, Method::Reflink).unwrap();
+        assert_eq!(mode(&dst), 0o750, "{var}: directory");
+        for f in ["PG_VERSION", "16384", "16384.1", "16384_fsm"] {
+            assert_eq!(mode(&dst.join(f)), 0o640, "{var}: {f}");
+        }
+        if var == "PG_BRANCH_TEST_BTRFS" {
+            assert!(matches!(
+                convert_to_subvolume(&src).unwrap(),
+                Converted::Converted { .. }
+            ));
+            assert_eq!(mode(&src), 0o750, "converted directory");
+            assert_eq!(mode(&src.join("16384")), 0o640, "converted file");
+            remove_dir(&src).unwrap();
+        }
+        remove_dir(&dst).unwrap();
+        fs::remove_dir_all(&root).unwrap();
+    }
+}
+
+/// What a conversion interrupted after its swap leaves (the old plain
+/// directory under `<dir>.pg_branch_convert`, next to the subvolume) is
+/// removed by `remove_convert_leftover`, which the server calls before it
+/// looks at whether the directory is a subvolume already.
+#[test]
+fn the_leftover_of_a_conversion_interrupted_after_its_swap_is_removed() {
+    let root = scratch("PG_BRANCH_TEST_BTRFS");
+    let dir = root.join("1");
+    make_template(&dir);
+    assert!(matches!(
+        convert_to_subvolume(&dir).unwrap(),
+        Converted::Converted { .. }
+    ));
+    let leftover = root.join("1.pg_branch_convert");
+    make_template(&leftover);
+    assert!(pg_branch_storage::remove_convert_leftover(&dir).unwrap());
+    assert!(!leftover.exists());
+    assert!(
+        !pg_branch_storage::remove_convert_leftover(&dir).unwrap(),
+        "nothing left to remove"
+    );
+    assert!(is_subvolume(&dir).unwrap());
+    remove_dir(&dir).unwrap();
+    fs::remove_dir_all(&root).unwrap();
+}
