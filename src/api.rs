@@ -86,7 +86,9 @@ fn database_storage() -> TableIterator<
 
 /// The last branch this session made: what it took, and for how long the
 /// template's writers were paused. No row before the first branch.
-#[pg_extern(volatile, parallel_safe)]
+/// PARALLEL RESTRICTED: it reads this backend's memory, which a parallel
+/// worker does not have.
+#[pg_extern(volatile, parallel_restricted)]
 #[allow(clippy::type_complexity)]
 fn last_branch() -> TableIterator<
     'static,
@@ -162,6 +164,7 @@ fn remove_orphans() -> TableIterator<
         name!(bytes, i64),
     ),
 > {
+    ffi::prevent_unless_writable_top_level("pgbranch.remove_orphans()");
     require_superuser("remove orphaned database directories");
     // The lock orphans() takes on pg_database stays until we commit: no
     // database can be created (with an OID we are removing), altered or
@@ -208,6 +211,7 @@ fn convert_to_subvolume(
         name!(result, String),
     ),
 > {
+    ffi::prevent_unless_writable_top_level("pgbranch.convert_to_subvolume()");
     require_superuser("convert database directories");
     let name = std::ffi::CString::new(database).unwrap_or_default();
     let dirs = convert::database(&name).unwrap_or_else(|skipped| skipped.raise());
@@ -231,6 +235,7 @@ fn convert_all_to_subvolumes() -> TableIterator<
         name!(result, String),
     ),
 > {
+    ffi::prevent_unless_writable_top_level("pgbranch.convert_all_to_subvolumes()");
     require_superuser("convert database directories");
     let names: Vec<String> = Spi::connect(|c| {
         c.select(

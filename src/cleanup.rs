@@ -15,7 +15,7 @@
 use crate::catalog;
 use crate::error::Report;
 use crate::wal;
-use pg_branch_storage::{errno_text, remove_dir};
+use pg_branch_storage::{database_dir_name, errno_text, remove_dir};
 use pgrx::pg_sys::{self, Oid};
 use pgrx::prelude::*;
 use pgrx::PgTryBuilder;
@@ -125,6 +125,10 @@ pub struct Orphan {
     pub tablespace: Oid,
     pub oid: Oid,
     pub path: PathBuf,
+    /// `<oid>.pg_branch_convert` or `<oid>.pg_branch_redo`: the scratch
+    /// directory of a conversion or of a branch's replay that a crash
+    /// interrupted, rather than `<oid>` itself.
+    pub leftover: bool,
 }
 
 /// What [`orphans`] is asked for, which decides how it locks.
@@ -138,7 +142,8 @@ pub enum Purpose {
     Remove,
 }
 
-/// Every `<tablespace>/<oid>` directory whose OID belongs to no database.
+/// Every `<tablespace>/<oid>` directory (or leftover `<oid>.<suffix>`,
+/// see [`Orphan::leftover`]) whose OID belongs to no database.
 ///
 /// Every CREATE, ALTER (OWNER, RENAME, CONNECTION LIMIT, IS_TEMPLATE, SET
 /// TABLESPACE), GRANT ... ON DATABASE and DROP DATABASE holds
@@ -231,7 +236,8 @@ unsafe fn database_oids(rel: pg_sys::Relation, snapshot: pg_sys::Snapshot) -> Ve
     out
 }
 
-/// Every `<tablespace>/<oid>` directory there is.
+/// Every `<tablespace>/<oid>` directory there is, and every leftover
+/// `<tablespace>/<oid>.<suffix>`.
 fn database_dirs() -> Vec<Orphan> {
     let mut found = Vec::new();
     for tablespace in catalog::tablespaces() {
@@ -240,10 +246,7 @@ fn database_dirs() -> Vec<Orphan> {
             continue;
         };
         for entry in entries.flatten() {
-            let Some(oid) = entry
-                .file_name()
-                .to_str()
-                .and_then(|n| n.parse::<u32>().ok())
+            let Some((oid, leftover)) = entry.file_name().to_str().and_then(database_dir_name)
             else {
                 continue;
             };
@@ -252,6 +255,7 @@ fn database_dirs() -> Vec<Orphan> {
                     tablespace,
                     oid: Oid::from(oid),
                     path: entry.path(),
+                    leftover,
                 });
             }
         }
@@ -267,7 +271,15 @@ fn database_dirs() -> Vec<Orphan> {
 /// that replayed its creation drop their copy too. A crash between the
 /// record and the removal leaves the directory (still an orphan, listed
 /// again) on the primary; the other order could leave it on standbys.
+///
+/// A leftover is removed without a record: it was made by this server's
+/// own conversion or replay, never by a logged action, so no standby has
+/// it because of us (a standby's own leftovers go when it replays the
+/// record again, or as its orphans once promoted).
 pub fn remove_orphan(o: &Orphan) -> std::io::Result<()> {
+    if o.leftover {
+        return remove_dir(&o.path);
+    }
     wal::log_drop(o.oid, &[o.tablespace]);
     // SAFETY: flushes WAL up to the record we just wrote.
     unsafe { pg_sys::XLogFlush(pg_sys::XactLastRecEnd) };

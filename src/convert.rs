@@ -24,10 +24,10 @@
 
 use crate::branch::file_error_code;
 use crate::catalog;
-use crate::error::{error, Report};
+use crate::error::Report;
 use crate::ffi;
 use crate::wal;
-use pg_branch_storage::{convert_to_subvolume, fs_name, Converted};
+use pg_branch_storage::{convert_to_subvolume, fs_name, remove_convert_leftover, Converted};
 use pgrx::pg_sys::{self, Oid};
 use pgrx::prelude::*;
 use std::ffi::CStr;
@@ -70,11 +70,15 @@ pub fn database(name: &CStr) -> Result<Vec<DirResult>, Skipped> {
     // RENAME and SET TABLESPACE. It is released before we return, since
     // convert_all() goes on to other databases in the same transaction.
     let lockmode = pg_sys::AccessExclusiveLock as pg_sys::LOCKMODE;
+    // A database that convert_all() listed may be dropped or renamed by the
+    // time we lock it: that is a skip there, core's error here.
     let Some(db) = catalog::lock_database(name, lockmode) else {
-        error(
-            PgSqlErrorCode::ERRCODE_INVALID_CATALOG_NAME,
-            format!("database \"{}\" does not exist", name.to_string_lossy()),
-        );
+        return Err(Skipped {
+            code: PgSqlErrorCode::ERRCODE_INVALID_CATALOG_NAME,
+            message: format!("database \"{}\" does not exist", name.to_string_lossy()),
+            detail: None,
+            hint: None,
+        });
     };
     let unlock = || {
         // SAFETY: releases the lock lock_database took.
@@ -115,9 +119,25 @@ fn convert_locked(db: Oid, name: &CStr) -> Result<Vec<DirResult>, Skipped> {
         if !path.is_dir() {
             continue;
         }
+        // What an interrupted conversion left next to the directory goes
+        // first (the directory itself is complete whether the crash came
+        // before or after its swap); our lock keeps other conversions out.
+        let leftover = match remove_convert_leftover(&path) {
+            Ok(removed) => removed,
+            Err(e) => Report::new(file_error_code(e.raw_os_error()), e.to_string())
+                .detail(format!(
+                    "Removing what an interrupted conversion left next to \"{}\".",
+                    path.display()
+                ))
+                .error(),
+        };
         let fs = fs_name(&path).unwrap_or("unknown");
         let result = if pg_branch_storage::is_subvolume(&path).unwrap_or(false) {
-            "already a subvolume".to_string()
+            if leftover {
+                "already a subvolume; removed what an interrupted conversion left".to_string()
+            } else {
+                "already a subvolume".to_string()
+            }
         } else if fs != "btrfs" {
             format!("left as is: {fs} has no subvolumes (branches of it are reflinks)")
         } else {
@@ -154,7 +174,7 @@ fn convert_locked(db: Oid, name: &CStr) -> Result<Vec<DirResult>, Skipped> {
                 last = wal::log_convert(db, ts);
                 if let Some(e) = left_behind {
                     Report::new(file_error_code(e.raw_os_error()), e.to_string())
-                        .hint("Remove it by hand; the database no longer uses it.")
+                        .hint("Converting the database again removes it.")
                         .warning();
                 }
                 out.push(DirResult {
@@ -218,7 +238,19 @@ fn busy_detail(others: i32, prepared: i32) -> String {
 pub fn redo(db: Oid, tablespace: Oid) {
     let path = ffi::database_path(db, tablespace);
     let log = |m: String| pgrx::ereport!(LOG, PgSqlErrorCode::ERRCODE_SUCCESSFUL_COMPLETION, m);
-    if !path.is_dir() || pg_branch_storage::is_subvolume(&path).unwrap_or(false) {
+    if !path.is_dir() {
+        return;
+    }
+    // A replay of this record that a crash interrupted after its swap
+    // finds the subvolume in place, and the old directory next to it.
+    if let Err(e) = remove_convert_leftover(&path) {
+        pgrx::ereport!(
+            WARNING,
+            PgSqlErrorCode::ERRCODE_IO_ERROR,
+            format!("pg_branch redo: {e}")
+        );
+    }
+    if pg_branch_storage::is_subvolume(&path).unwrap_or(false) {
         return;
     }
     // Replay's changes to this database reach the old files before their

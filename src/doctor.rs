@@ -43,8 +43,9 @@ pub fn run() -> Vec<Check> {
     out.extend(checks);
     out.push(lock_table(largest));
     out.push(wal_record());
-    out.push(orphans());
-    out.extend(interrupted_conversions());
+    let orphans = cleanup::orphans(cleanup::Purpose::List);
+    out.extend(interrupted_conversions(&orphans));
+    out.push(orphans_check(orphans));
     out
 }
 
@@ -440,8 +441,7 @@ fn wal_record() -> Check {
     }
 }
 
-fn orphans() -> Check {
-    let found = cleanup::orphans(cleanup::Purpose::List);
+fn orphans_check(found: Vec<cleanup::Orphan>) -> Check {
     if found.is_empty() {
         return check("orphaned directories", "ok", "none");
     }
@@ -458,8 +458,9 @@ fn orphans() -> Check {
     .hint("SELECT * FROM pgbranch.remove_orphans();")
 }
 
-/// Leftovers of a conversion that a crash interrupted.
-fn interrupted_conversions() -> Vec<Check> {
+/// Leftovers of a conversion that a crash interrupted, of databases that
+/// still exist (those of dropped ones are among the `orphans`).
+fn interrupted_conversions(orphans: &[cleanup::Orphan]) -> Vec<Check> {
     let mut out = Vec::new();
     for ts in catalog::tablespaces() {
         let Ok(entries) = std::fs::read_dir(catalog::tablespace_dir(ts)) else {
@@ -467,7 +468,9 @@ fn interrupted_conversions() -> Vec<Check> {
         };
         for e in entries.flatten() {
             let path = e.path();
-            if path.extension().and_then(|x| x.to_str()) == Some(CONVERT_SUFFIX) {
+            if path.extension().and_then(|x| x.to_str()) == Some(CONVERT_SUFFIX)
+                && !orphans.iter().any(|o| o.path == path)
+            {
                 out.push(
                     check(
                         "interrupted conversion",

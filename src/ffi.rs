@@ -161,6 +161,23 @@ mod recovery {
     }
 }
 
+/// Core's refusals for a command that changes the cluster and cannot be
+/// rolled back, as `standard_ProcessUtility` makes them for ALTER DATABASE
+/// ... SET TABLESPACE: not in a read-only transaction, not during recovery
+/// (a standby; its transactions are read-only, so it hears the first), not
+/// inside a transaction block or subtransaction. `what` names the command
+/// in the message (`cannot execute <what> in a read-only transaction`).
+pub fn prevent_unless_writable_top_level(what: &str) {
+    let what = CString::new(what).expect("no NUL");
+    // SAFETY: each raises ERROR (longjmp, caught by pgrx's guard) or
+    // returns; `what` outlives the calls.
+    unsafe {
+        pg_sys::PreventCommandIfReadOnly(what.as_ptr());
+        pg_sys::PreventCommandDuringRecovery(what.as_ptr());
+        pg_sys::PreventInTransactionBlock(true, what.as_ptr());
+    }
+}
+
 /// Whether recovery has reached a consistent state: every page is at least
 /// as new as the minimum recovery point (false in crash recovery until the
 /// end of WAL, and in archive recovery until the backup's end).

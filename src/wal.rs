@@ -33,7 +33,7 @@
 
 use crate::ffi;
 use crate::gucs;
-use pg_branch_storage::{clone_dir, errno_text, probe, remove_dir, Method};
+use pg_branch_storage::{clone_dir, errno_text, probe, remove_dir, Method, REDO_SUFFIX};
 use pgrx::pg_sys::{self, Oid};
 use pgrx::prelude::*;
 use std::ffi::{c_char, CString};
@@ -61,7 +61,24 @@ struct BranchRecord {
     src_db_id: Oid,
     src_tablespace_id: Oid,
     method: u8,
+    /// Named and zeroed: every byte of the struct goes into WAL, and
+    /// implicit padding would carry whatever the stack held.
+    pad: [u8; 3],
 }
+
+// The record's layout is on disk in WAL and read back by every version:
+// checked when the crate compiles, so it cannot drift unnoticed.
+const _: () = {
+    use std::mem::{offset_of, size_of};
+    assert!(size_of::<BranchRecord>() == 20);
+    assert!(offset_of!(BranchRecord, db_id) == 0);
+    assert!(offset_of!(BranchRecord, tablespace_id) == 4);
+    assert!(offset_of!(BranchRecord, src_db_id) == 8);
+    assert!(offset_of!(BranchRecord, src_tablespace_id) == 12);
+    assert!(offset_of!(BranchRecord, method) == 16);
+    assert!(offset_of!(BranchRecord, pad) == 17);
+    assert!(size_of::<ConvertRecord>() == 8);
+};
 
 impl BranchRecord {
     fn method(&self) -> &'static str {
@@ -120,6 +137,7 @@ pub fn log_create(
         src_db_id: src_db,
         src_tablespace_id: src_ts,
         method: (method == Method::Reflink) as u8,
+        pad: [0; 3],
     };
     let (rmid, info, len) = if core_record() {
         // Only the four OIDs: exactly xl_dbase_create_file_copy_rec.
@@ -318,7 +336,7 @@ unsafe extern "C-unwind" fn redo(record: *mut pg_sys::XLogReaderState) {
     create_missing_parent(&parent);
     // Build under a temporary name and rename into place, so that a crash
     // of this replay never leaves a partial directory under the real name.
-    let tmp = dst.with_extension("pg_branch_redo");
+    let tmp = dst.with_extension(REDO_SUFFIX);
     remove_or_fail(&tmp);
     let how = match probe(&src, &parent) {
         Ok(Ok(method)) => match clone_dir(&src, &tmp, method) {

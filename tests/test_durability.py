@@ -233,6 +233,20 @@ def test_conversion_to_a_subvolume_is_replayed_by_a_standby(primary):
     standby = make_standby(primary, mount("PG_BRANCH_TEST_BTRFS2") / "pytest-standby-conv", 5498)
     try:
         assert not is_subvolume(standby.data / "base" / str(oid))
+        # A standby refuses what would change its files behind replay's
+        # back, with core's error for a standby (its transactions are read
+        # only). remove_orphans() used to delete, then fail to log ("cannot
+        # make new WAL entries during recovery"), leaving it diverged.
+        stray = standby.data / "base" / "999992"
+        stray.mkdir()
+        shutil.chown(stray, "postgres", "postgres")
+        for call in ("pgbranch.remove_orphans()", "pgbranch.convert_to_subvolume('conv')",
+                     "pgbranch.convert_all_to_subvolumes()"):
+            with pytest.raises(psycopg.errors.ReadOnlySqlTransaction, match="in a read-only transaction"):
+                standby.sql(f"SELECT * FROM {call}")
+        assert stray.is_dir()
+        assert not is_subvolume(standby.data / "base" / str(oid))
+        stray.rmdir()
         # A hot-standby reader stays connected to the database throughout.
         with standby.connect(dbname="conv") as reader:
             assert reader.execute("SELECT count(*) FROM pgbench_accounts").fetchone() == (100000,)

@@ -14,6 +14,7 @@ information.
 """
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -22,7 +23,7 @@ import threading
 import psycopg
 import pytest
 
-from conftest import Cluster, mount, wait_for, waiting_on_lock
+from conftest import Cluster, is_subvolume, mount, tablespace, wait_for, waiting_on_lock
 
 GDB_SCRIPT = """
 import gdb
@@ -302,3 +303,186 @@ def test_doctor_leaves_no_buffer_of_a_database_being_dropped_or_moved(fresh, tmp
     doctor.close()
     ddl_session.close()
     c.stop()
+
+
+# --- Refusals, labels, leftovers, directory names, modes --------------------
+
+NOT_UNDOABLE = ["pgbranch.remove_orphans()", "pgbranch.convert_to_subvolume('postgres')",
+                "pgbranch.convert_all_to_subvolumes()"]
+
+
+@pytest.mark.parametrize("call", NOT_UNDOABLE)
+def test_what_cannot_be_rolled_back_refuses_where_core_refuses(branch, call):
+    """As ALTER DATABASE ... SET TABLESPACE: not in a transaction block, not
+    in a read-only transaction (the standby's case is in test_durability),
+    with core's SQLSTATEs. They used to run, removing or converting for a
+    transaction that could then roll back, and hold remove_orphans()'s lock
+    on pg_database until the block ended."""
+    name = call.split("(")[0]
+    orphan = branch.data / "base" / "999990"
+    orphan.mkdir(exist_ok=True)
+    shutil.chown(orphan, "postgres", "postgres")
+    try:
+        with branch.connect() as conn:
+            with pytest.raises(psycopg.errors.ActiveSqlTransaction,
+                               match=rf"{re.escape(name)}\(\) cannot run inside a transaction block"):
+                with conn.transaction():
+                    conn.execute(f"SELECT * FROM {call}")
+            conn.execute("SET default_transaction_read_only = on")
+            with pytest.raises(psycopg.errors.ReadOnlySqlTransaction,
+                               match=rf"cannot execute {re.escape(name)}\(\) in a read-only transaction"):
+                conn.execute(f"SELECT * FROM {call}")
+        assert orphan.is_dir(), "nothing was removed"
+    finally:
+        shutil.rmtree(orphan, ignore_errors=True)
+
+
+def parallel_mode_setting(cluster):
+    return "force_parallel_mode" if cluster.one("SHOW server_version_num") < "160000" else "debug_parallel_query"
+
+
+def test_functions_are_labelled_for_parallel_query(branch):
+    """last_branch() reads the backend's own memory: labelled PARALLEL SAFE,
+    debug_parallel_query ran it in a worker, which returned no row. Every
+    function gives the same answer with and without it."""
+    setting = parallel_mode_setting(branch)
+    branch.sql("DROP DATABASE IF EXISTS par_b")
+    with branch.connect() as conn:
+        conn.execute("CREATE DATABASE par_b")
+        plain = conn.execute("SELECT datname, template, method FROM pgbranch.last_branch()").fetchall()
+        storage = conn.execute("SELECT * FROM pgbranch.database_storage() ORDER BY 1, 2").fetchall()
+        conn.execute(f"SET {setting} = on")
+        assert conn.execute("SELECT datname, template, method FROM pgbranch.last_branch()").fetchall() == plain
+        assert plain == [("par_b", "template1", plain[0][2])]
+        assert conn.execute("SELECT * FROM pgbranch.database_storage() ORDER BY 1, 2").fetchall() == storage
+    labels = dict(branch.sql("SELECT proname, proparallel FROM pg_proc WHERE pronamespace = 'pgbranch'::regnamespace"))
+    assert labels["last_branch"] == "r"
+    # Everything that writes, or locks until commit, never runs in a worker.
+    for f in ("remove_orphans", "convert_to_subvolume", "convert_all_to_subvolumes", "orphans", "doctor"):
+        assert labels[f] == "u", f
+    branch.sql("DROP DATABASE par_b")
+
+
+def test_a_directory_name_core_would_not_write_is_not_a_database(branch):
+    """`+N` and `0N` parse as N with u32::from_str: such a directory was
+    listed (and removed, with a DROP of N logged) as the orphan of N."""
+    odd = [branch.data / "base" / name for name in ("+999991", "0999991", "999991.tmp")]
+    for d in odd:
+        d.mkdir()
+        shutil.chown(d, "postgres", "postgres")
+    try:
+        listed = [p for (p,) in branch.sql("SELECT path FROM pgbranch.orphans()")]
+        assert not any(p.endswith(("999991", "999991.tmp")) for p in listed), listed
+        branch.sql("SELECT * FROM pgbranch.remove_orphans()")
+        assert all(d.is_dir() for d in odd)
+    finally:
+        for d in odd:
+            shutil.rmtree(d, ignore_errors=True)
+
+
+def test_leftovers_of_dropped_databases_are_orphans(branch, tmp_path):
+    """A conversion (or a branch's replay) interrupted by a crash leaves
+    `<oid>.pg_branch_convert` (or `.pg_branch_redo`). Once its database is
+    dropped nothing reported it, and in a tablespace it made DROP
+    TABLESPACE fail with "directory ... is not empty"."""
+    location = mount("PG_BRANCH_TEST_BTRFS") / "pytest-ts-leftover"
+    ts = tablespace(branch, "ts_leftover", location)
+    branch.sql("DROP DATABASE IF EXISTS lo_a")
+    branch.sql("DROP DATABASE IF EXISTS lo_b")
+    branch.sql("CREATE DATABASE lo_a")
+    branch.sql(f"CREATE DATABASE lo_b TABLESPACE {ts}")
+    leftovers = []
+    for db, suffix in (("lo_a", "pg_branch_convert"), ("lo_b", "pg_branch_redo")):
+        path = branch.data / branch.one(
+            "SELECT pg_relation_filepath('pg_class')", dbname=db).rsplit("/", 1)[0]
+        leftover = path.with_suffix("." + suffix)
+        leftover.mkdir()
+        (leftover / "1259").write_bytes(b"x" * 8192)
+        shutil.chown(leftover, "postgres", "postgres")
+        leftovers.append(leftover)
+    # Live databases' leftovers are not orphans: converting removes them.
+    listed = {p for (p,) in branch.sql("SELECT path FROM pgbranch.orphans()")}
+    assert not {str(p.relative_to(branch.data)) for p in leftovers} & listed
+    branch.sql("DROP DATABASE lo_a")
+    branch.sql("DROP DATABASE lo_b")
+    rel = sorted(str(p.relative_to(branch.data)) for p in leftovers)
+    listed = sorted(p for (p,) in branch.sql("SELECT path FROM pgbranch.orphans()") if p in rel)
+    assert listed == rel
+    status, detail = branch.sql("SELECT status, detail FROM pgbranch.doctor() WHERE item = 'orphaned directories'")[0]
+    assert status == "warning" and all(p in detail for p in rel)
+    assert branch.one("SELECT count(*) FROM pgbranch.doctor() WHERE item = 'interrupted conversion'") == 0
+    removed = sorted(p for (p,) in branch.sql("SELECT path FROM pgbranch.remove_orphans()"))
+    assert removed == rel
+    assert not any(p.exists() for p in leftovers)
+    branch.sql(f"DROP TABLESPACE {ts}")
+
+
+def test_converting_again_removes_what_a_conversion_interrupted_after_its_swap_left(branch):
+    """The database is a subvolume and the old plain directory is still
+    next to it: converting again answered "already a subvolume" before any
+    cleanup ran, so the old full copy stayed forever, while doctor() said
+    that converting again removes it."""
+    branch.sql("DROP DATABASE IF EXISTS conv_left")
+    branch.sql("CREATE DATABASE conv_left")
+    path = branch.db_path("conv_left")
+    assert is_subvolume(path)
+    leftover = path.with_suffix(".pg_branch_convert")
+    shutil.copytree(path, leftover)
+    subprocess.run(["chown", "-R", "postgres:postgres", leftover], check=True)
+    assert branch.one("SELECT count(*) FROM pgbranch.doctor() WHERE item = 'interrupted conversion'") == 1
+    result = branch.one("SELECT result FROM pgbranch.convert_to_subvolume('conv_left')")
+    assert result == "already a subvolume; removed what an interrupted conversion left"
+    assert not leftover.exists()
+    assert branch.one("SELECT count(*) FROM pgbranch.doctor() WHERE item = 'interrupted conversion'") == 0
+    assert branch.one("SELECT count(*) FROM pg_class", dbname="conv_left") > 100
+    branch.sql("DROP DATABASE conv_left")
+
+
+def test_convert_all_reports_a_database_renamed_meanwhile(tmp_path):
+    """convert_all_to_subvolumes() lists the databases, then locks each in
+    turn. One renamed (or dropped) before its turn used to abort the whole
+    call with 3D000; it is now reported as skipped and the others done."""
+    c = Cluster(mount("PG_BRANCH_TEST_BTRFS") / "pytest-convert-all-rename", 5521).init().start()
+    try:
+        c.sql("CREATE EXTENSION pg_branch")
+        for db in ("aa_renamed", "zz_after"):
+            c.sql(f"CREATE DATABASE {db} STRATEGY wal_log")
+        with c.connect() as renamer:
+            renamer.execute("BEGIN")
+            renamer.execute("ALTER DATABASE aa_renamed RENAME TO aa_new_name")
+            # convert_all() has listed aa_renamed and waits for its lock.
+            worker = Session(c, "convert_all")
+            worker.start("SELECT datname, result FROM pgbranch.convert_all_to_subvolumes()")
+            assert wait_for(worker.waiting_on_lock)
+            renamer.execute("COMMIT")
+        rows = dict(worker.join())
+        worker.close()
+        assert rows["aa_renamed"] == 'skipped: database "aa_renamed" does not exist'
+        assert rows["zz_after"].startswith("converted")
+        assert is_subvolume(c.db_path("zz_after"))
+    finally:
+        c.stop(mode="immediate", check=False)
+
+
+@pytest.mark.parametrize("var", ["PG_BRANCH_TEST_BTRFS", "PG_BRANCH_TEST_XFS"])
+def test_a_cluster_with_group_access_gets_branches_with_group_access(var):
+    """initdb -g makes directories 0750 and files 0640, so that a backup
+    tool in the group can read the data directory. Reflinked branches (and
+    conversions) were made 0700 / 0600 whatever the cluster's modes, and
+    that tool then got EACCES on them."""
+    c = Cluster(mount(var) / "pytest-group-access", 5522).init("-g").start()
+    try:
+        c.sql("CREATE EXTENSION pg_branch")
+        c.sql("CREATE DATABASE grp_tpl STRATEGY wal_log")  # a plain directory: branched by reflink
+        c.sql("CREATE DATABASE grp_b TEMPLATE grp_tpl")
+        dbs = ["grp_b"]
+        if var == "PG_BRANCH_TEST_BTRFS":
+            assert c.one("SELECT result FROM pgbranch.convert_to_subvolume('grp_tpl')").startswith("converted")
+            dbs.append("grp_tpl")
+        for db in dbs:
+            path = c.db_path(db)
+            assert oct(path.stat().st_mode & 0o777) == oct(0o750), db
+            modes = {oct(f.stat().st_mode & 0o777) for f in path.iterdir() if f.is_file()}
+            assert modes == {oct(0o640)}, (db, modes)
+    finally:
+        c.stop(mode="immediate", check=False)
