@@ -486,3 +486,16 @@ def test_a_cluster_with_group_access_gets_branches_with_group_access(var):
             assert modes == {oct(0o640)}, (db, modes)
     finally:
         c.stop(mode="immediate", check=False)
+
+
+def test_remove_orphans_puts_its_drop_records_behind_a_checkpoint(branch):
+    """As DROP DATABASE: once remove_orphans() returns, the redo pointer is
+    past its DROP records, so crash recovery never replays one over a
+    database created later with the same OID."""
+    orphan = branch.data / "base" / "999993"
+    orphan.mkdir()
+    shutil.chown(orphan, "postgres", "postgres")
+    before = branch.one("SELECT pg_current_wal_insert_lsn()")
+    assert ("base/999993",) in branch.sql("SELECT path FROM pgbranch.remove_orphans()")
+    assert not orphan.exists()
+    assert branch.one("SELECT redo_lsn > %s::pg_lsn FROM pg_control_checkpoint()", params=(before,))
