@@ -429,13 +429,16 @@ def test_converting_again_removes_what_a_conversion_interrupted_after_its_swap_l
     leftover = path.with_suffix(".pg_branch_convert")
     shutil.copytree(path, leftover)
     subprocess.run(["chown", "-R", "postgres:postgres", leftover], check=True)
-    assert branch.one("SELECT count(*) FROM pgbranch.doctor() WHERE item = 'interrupted conversion'") == 1
-    result = branch.one("SELECT result FROM pgbranch.convert_to_subvolume('conv_left')")
-    assert result == "already a subvolume; removed what an interrupted conversion left"
-    assert not leftover.exists()
-    assert branch.one("SELECT count(*) FROM pgbranch.doctor() WHERE item = 'interrupted conversion'") == 0
-    assert branch.one("SELECT count(*) FROM pg_class", dbname="conv_left") > 100
-    branch.sql("DROP DATABASE conv_left")
+    try:
+        assert branch.one("SELECT count(*) FROM pgbranch.doctor() WHERE item = 'interrupted conversion'") == 1
+        result = branch.one("SELECT result FROM pgbranch.convert_to_subvolume('conv_left')")
+        assert result == "already a subvolume; removed what an interrupted conversion left"
+        assert not leftover.exists()
+        assert branch.one("SELECT count(*) FROM pgbranch.doctor() WHERE item = 'interrupted conversion'") == 0
+        assert branch.one("SELECT count(*) FROM pg_class", dbname="conv_left") > 100
+    finally:
+        shutil.rmtree(leftover, ignore_errors=True)
+        branch.sql("DROP DATABASE conv_left")
 
 
 def test_convert_all_reports_a_database_renamed_meanwhile(tmp_path):
