@@ -333,7 +333,8 @@ unsafe extern "C-unwind" fn redo(record: *mut pg_sys::XLogReaderState) {
         remove_or_fail(&dst);
     }
     let parent = dst.parent().map(|p| p.to_path_buf()).unwrap_or_default();
-    create_missing_parent(&parent);
+    create_missing_dir(&parent, true);
+    create_missing_dir(&src, false);
     // Build under a temporary name and rename into place, so that a crash
     // of this replay never leaves a partial directory under the real name.
     let tmp = dst.with_extension(REDO_SUFFIX);
@@ -384,19 +385,25 @@ unsafe extern "C-unwind" fn redo(record: *mut pg_sys::XLogReaderState) {
     ));
 }
 
-/// Core's `recovery_create_dbdir(parent, true)` (dbcommands.c): the parent
-/// of a branch directory is missing only when the tablespace was dropped
-/// later in the WAL, which replay before consistency may meet (the
-/// tablespace's own drop record follows). Create it then; after
-/// consistency a missing tablespace directory is corruption and stops
-/// recovery, as in core. `base/` always exists, so only `pg_tblspc/…`
-/// paths may be created.
-fn create_missing_parent(parent: &std::path::Path) {
-    if parent.exists() {
+/// Core's `recovery_create_dbdir(path, only_tblspc)` (dbcommands.c).
+///
+/// Replay before consistency (a base backup's, a PITR restore's) can meet
+/// a directory that a later record dropped and the backup never copied:
+/// - the parent of the branch's directory (`only_tblspc`), when its
+///   tablespace was dropped later: `base/` always exists, so only
+///   `pg_tblspc/…` paths may be created;
+/// - the template's directory itself, when the template was dropped
+///   later: an empty one is made so that the branch can be built (empty),
+///   and replay of the later drops removes both.
+///
+/// Create it then; after consistency a missing directory is corruption and
+/// stops recovery, as in core.
+fn create_missing_dir(dir: &std::path::Path, only_tblspc: bool) {
+    if dir.exists() {
         return;
     }
-    let text = parent.display().to_string();
-    if !text.contains("pg_tblspc/") {
+    let text = dir.display().to_string();
+    if only_tblspc && !text.contains("pg_tblspc/") {
         pgrx::ereport!(
             PANIC,
             PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
@@ -420,7 +427,7 @@ fn create_missing_parent(parent: &std::path::Path) {
             message
         );
     }
-    if let Err(e) = std::fs::create_dir_all(parent) {
+    if let Err(e) = std::fs::create_dir_all(dir) {
         pgrx::ereport!(
             PANIC,
             PgSqlErrorCode::ERRCODE_IO_ERROR,

@@ -13,7 +13,7 @@ import time
 import psycopg
 import pytest
 
-from conftest import PG_BIN, Cluster, as_postgres, exclusive_bytes, is_subvolume, mount
+from conftest import PG_BIN, Cluster, as_postgres, exclusive_bytes, is_subvolume, mount, wait_for
 from test_live_template import oracle
 
 
@@ -40,6 +40,14 @@ def wait_replayed(primary, standby, timeout=120):
             return
         time.sleep(0.1)
     raise AssertionError("standby did not catch up")
+
+
+def wait_archived(primary):
+    """Switch to a new WAL segment and wait until the archiver has copied
+    the one just finished."""
+    segment = primary.one("SELECT pg_walfile_name(pg_switch_wal())")
+    assert wait_for(lambda: primary.one("SELECT coalesce(last_archived_wal >= %s, false) FROM pg_stat_archiver",
+                                        params=(segment,)), 60), "the archiver did not copy " + segment
 
 
 def make_standby(primary, root, port, preload=True):
@@ -321,9 +329,7 @@ def test_point_in_time_recovery_from_a_backup_taken_while_branching(primary):
         stop.set()
         worker.join(60)
     primary.sql("CREATE DATABASE pitr_after TEMPLATE tpl")
-    primary.sql("SELECT pg_switch_wal()")
-    primary.sql("CHECKPOINT")
-    time.sleep(1)  # let the archiver copy the last segment
+    wait_archived(primary)
     with open(restore.data / "postgresql.conf", "a") as f:
         f.write(f"port = {restore.port}\nunix_socket_directories = '{restore.sock}'\n"
                 f"restore_command = 'cp {primary.archive}/%f %p'\narchive_mode = off\n"
@@ -343,3 +349,41 @@ def test_point_in_time_recovery_from_a_backup_taken_while_branching(primary):
         restore.stop(mode="immediate", check=False)
         for db in branches(primary, "pitr_"):
             primary.sql(f"DROP DATABASE {db}")
+
+
+def test_recovery_of_a_backup_whose_template_was_dropped_while_it_ran(primary):
+    """A backup copies the data directory after a branch's template (and the
+    branch) were dropped: its recovery replays BRANCH_CREATE with no
+    template directory. Core's dbase_redo() makes an empty source directory
+    for that case (recovery_create_dbdir) and later records drop both; the
+    startup process used to fail here ("could not open directory") and
+    recovery never completed."""
+    primary.sql("DROP DATABASE IF EXISTS gone_t")
+    primary.sql("CREATE DATABASE gone_t TEMPLATE tpl")
+    restore = Cluster(mount("PG_BRANCH_TEST_BTRFS2") / "pytest-restore-gone", 5507).fresh()
+    with primary.connect() as backup:
+        backup.execute("SELECT pg_backup_start('gone', true)")
+        primary.sql("CREATE DATABASE gone_b TEMPLATE gone_t")
+        primary.sql("DROP DATABASE gone_b")
+        primary.sql("DROP DATABASE gone_t")
+        shutil.copytree(primary.data, restore.data, symlinks=True,
+                        ignore=lambda d, names: [n for n in names if n in ("postmaster.pid", "postmaster.opts")
+                                                 or os.path.basename(d) == "pg_wal" and n != "archive_status"])
+        label = backup.execute("SELECT labelfile FROM pg_backup_stop(true)").fetchone()[0]
+    (restore.data / "backup_label").write_text(label)
+    for p in (restore.data / "pg_wal" / "archive_status").iterdir():
+        p.unlink()
+    with open(restore.data / "postgresql.conf", "a") as f:
+        f.write(f"port = {restore.port}\nunix_socket_directories = '{restore.sock}'\n"
+                f"restore_command = 'cp {primary.archive}/%f %p'\narchive_mode = off\n")
+    (restore.data / "recovery.signal").touch()
+    subprocess.run(["chown", "-R", "postgres:postgres", restore.data], check=True)
+    try:
+        restore.start()
+        assert wait_for(lambda: not restore.one("SELECT pg_is_in_recovery()"), 120)
+        assert restore.one("SELECT count(*) FROM pg_database WHERE datname LIKE 'gone%'") == 0
+        assert restore.one("SELECT count(*) FROM pgbench_accounts", dbname="tpl") == 100000
+        log = (restore.root / "log").read_text()
+        assert "creating missing directory" not in log or "WARNING" not in log, log[-2000:]
+    finally:
+        restore.stop(mode="immediate", check=False)
