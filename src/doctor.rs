@@ -6,6 +6,7 @@ use crate::branch;
 use crate::catalog;
 use crate::cleanup;
 use crate::compat;
+use crate::fence::LockTable;
 use crate::ffi;
 use crate::gucs;
 use pg_branch_storage::{can_reflink_in, fs_name, is_nocow, mount_options, Method, CONVERT_SUFFIX};
@@ -49,14 +50,6 @@ pub fn run() -> Vec<Check> {
     out
 }
 
-fn setting(name: &str) -> String {
-    let name = CString::new(name).expect("no NUL");
-    // SAFETY: returns a pointer into the GUC's storage, copied at once.
-    unsafe { ffi::cstring(pg_sys::GetConfigOption(name.as_ptr(), true, false)) }
-        .map(|c| c.to_string_lossy().into_owned())
-        .unwrap_or_default()
-}
-
 fn preload() -> Check {
     // The library refuses to load any other way, so this is always ok; the
     // row shows the setting, which the hint of the refusal names.
@@ -65,7 +58,7 @@ fn preload() -> Check {
         "ok",
         format!(
             "pg_branch is preloaded ({})",
-            setting("shared_preload_libraries")
+            ffi::setting("shared_preload_libraries")
         ),
     )
 }
@@ -366,27 +359,31 @@ unsafe fn live_now(tup: pg_sys::HeapTupleHeader) -> bool {
 }
 
 /// The writer fence takes a lock on every relation of the template, all in
-/// the shared lock table, whose size is max_locks_per_transaction ×
-/// (max backends + max_prepared_transactions). `largest` is the database
-/// with the most relations (see [`databases`]).
+/// the shared lock table ([`LockTable`]); a branch whose fence cannot fit
+/// is refused. `largest` is the database with the most relations (see
+/// [`databases`]).
 fn lock_table(largest: Option<(String, usize)>) -> Check {
-    // SAFETY: reads two integers the postmaster set at start.
-    let (per_xact, backends) = unsafe { (pg_sys::max_locks_per_xact, pg_sys::MaxBackends) };
-    let prepared: i32 = setting("max_prepared_transactions").parse().unwrap_or(0);
-    let capacity = per_xact as i64 * (backends as i64 + prepared as i64);
+    let table = LockTable::now();
     let Some((name, n)) = largest else {
         return check("max_locks_per_transaction", "ok", "no databases");
     };
+    let capacity = table.capacity();
     let detail = format!(
         "branching locks every relation of the template; the largest, \"{name}\", has {n}; \
-         the lock table holds {capacity} (max_locks_per_transaction {per_xact} × {} processes)",
-        backends + prepared
+         the lock table holds {capacity} (max_locks_per_transaction {} × {} processes)",
+        table.per_xact, table.processes
     );
-    let processes = backends as i64 + prepared as i64;
-    let needed = (2 * n as i64 + processes - 1) / processes;
-    let hint = format!("Set max_locks_per_transaction to at least {needed} and restart.");
-    if n as i64 > capacity {
-        check("max_locks_per_transaction", "error", detail).hint(hint)
+    let hint = format!(
+        "Set max_locks_per_transaction to at least {} and restart.",
+        table.advised_for(n)
+    );
+    if n as i64 >= capacity {
+        check(
+            "max_locks_per_transaction",
+            "error",
+            format!("{detail}: branching it fails with \"out of shared memory\""),
+        )
+        .hint(hint)
     } else if 2 * n as i64 > capacity {
         check(
             "max_locks_per_transaction",
@@ -406,7 +403,7 @@ fn wal_record() -> Check {
     } else {
         "pg_branch"
     };
-    if setting("wal_level") == "minimal" {
+    if ffi::setting("wal_level") == "minimal" {
         return check(
             what,
             "ok",
@@ -417,7 +414,7 @@ fn wal_record() -> Check {
         .ok()
         .flatten()
         .unwrap_or(0);
-    let senders = setting("max_wal_senders");
+    let senders = ffi::setting("max_wal_senders");
     match record {
         "pg_branch" => check(
             what,

@@ -108,6 +108,9 @@ impl Fence {
             }
             // pg_class is ours: the list cannot change until we let go.
             let relations = template_relations(db, tablespace);
+            // Before taking one more: a fence the lock table cannot hold
+            // would fill it for every session of the cluster.
+            LockTable::now().refuse_unless_room_for(relations.len() + 1, name);
             for rel in &relations {
                 if !fence.held.contains(&rel.oid) && !fence.try_take(rel.oid) {
                     fence.wait_alone(rel.oid, &rel.name, name);
@@ -226,6 +229,61 @@ impl Fence {
         })
         .execute();
         self.held.push(rel);
+    }
+}
+
+/// The size of the shared lock table, which every fence lock (one per
+/// relation of the template) goes into: core sizes it for
+/// max_locks_per_transaction × (max backends + max_prepared_transactions)
+/// locks, and past that it eats the shared memory every other hash table
+/// needs, then fails ("out of shared memory") for whoever asks next.
+pub struct LockTable {
+    pub per_xact: i64,
+    pub processes: i64,
+}
+
+impl LockTable {
+    pub fn now() -> LockTable {
+        // SAFETY: reads two integers the postmaster set at start.
+        let (per_xact, backends) = unsafe { (pg_sys::max_locks_per_xact, pg_sys::MaxBackends) };
+        let prepared: i64 = ffi::setting("max_prepared_transactions")
+            .parse()
+            .unwrap_or(0);
+        LockTable {
+            per_xact: per_xact as i64,
+            processes: backends as i64 + prepared,
+        }
+    }
+
+    pub fn capacity(&self) -> i64 {
+        self.per_xact * self.processes
+    }
+
+    /// The max_locks_per_transaction that holds a fence of `locks` twice
+    /// over, leaving room for everyone else's locks while it is up.
+    pub fn advised_for(&self, locks: usize) -> i64 {
+        (2 * locks as i64 + self.processes - 1) / self.processes
+    }
+
+    /// Raise core's "out of shared memory" (53200) if a fence of `locks`
+    /// locks on template `name` cannot fit, before it takes them.
+    fn refuse_unless_room_for(&self, locks: usize, name: &CStr) {
+        if (locks as i64) <= self.capacity() {
+            return;
+        }
+        Report::new(PgSqlErrorCode::ERRCODE_OUT_OF_MEMORY, "out of shared memory")
+            .detail(format!(
+                "Branching template database \"{}\" locks each of its relations: {locks} locks; the lock table holds {} (max_locks_per_transaction {} × {} processes).",
+                name.to_string_lossy(),
+                self.capacity(),
+                self.per_xact,
+                self.processes
+            ))
+            .hint(format!(
+                "You might need to increase max_locks_per_transaction to at least {}.",
+                self.advised_for(locks)
+            ))
+            .error()
     }
 }
 

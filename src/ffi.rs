@@ -178,6 +178,16 @@ pub fn prevent_unless_writable_top_level(what: &str) {
     }
 }
 
+/// The current value of setting `name`, as SHOW prints it ("" if unknown).
+pub fn setting(name: &str) -> String {
+    let name = CString::new(name).expect("no NUL");
+    // SAFETY: returns NULL or a pointer into the GUC's storage, copied at
+    // once; missing_ok, so an unknown name is no error.
+    unsafe { cstring(pg_sys::GetConfigOption(name.as_ptr(), true, false)) }
+        .map(|c| c.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
 /// Whether recovery has reached a consistent state: every page is at least
 /// as new as the minimum recovery point (false in crash recovery until the
 /// end of WAL, and in archive recovery until the backup's end).

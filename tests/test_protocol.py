@@ -449,3 +449,38 @@ def test_branches_of_a_template_that_readers_prune_pass_pg_checksums():
         assert histories == sorted(histories) and histories[-1] > histories[0], "pgbench kept writing"
     finally:
         c.stop(check=False)
+
+
+def test_a_fence_the_lock_table_cannot_hold_is_refused_before_it_is_raised():
+    """Each fence takes one lock per relation of the template, in the lock
+    table every session shares (max_locks_per_transaction × processes).
+    A template with more relations than that used to fill the table (and
+    the shared memory after it) for the whole cluster before failing. Now
+    the branch is refused first, with core's 53200 and the setting to raise;
+    doctor() says the same. Small settings stand in for a template of
+    20 000 relations under the defaults."""
+    c = Cluster(mount("PG_BRANCH_TEST_BTRFS") / "pytest-lock-table", 5508,
+                extra_conf="max_connections = 10\nmax_locks_per_transaction = 40\n").init().start()
+    try:
+        c.sql("CREATE EXTENSION pg_branch")
+        c.sql("CREATE DATABASE many STRATEGY wal_log")
+        # 40 × (10 connections + 4 prepared + autovacuum, background
+        # workers and WAL senders, fewer than 30 more) < 1 800: a fresh
+        # database (about 400 relations) fits, one with 2 000 more does not.
+        for batch in range(0, 2000, 100):
+            c.sql("; ".join(f"CREATE TABLE t{n} ()" for n in range(batch, batch + 100)), dbname="many")
+        dirs = c.db_dirs()
+        with pytest.raises(psycopg.errors.OutOfMemory) as e:
+            c.sql("CREATE DATABASE many_b TEMPLATE many")
+        assert str(e.value).startswith("out of shared memory")
+        assert 'Branching template database "many" locks each of its relations' in e.value.diag.message_detail
+        assert "max_locks_per_transaction to at least" in e.value.diag.message_hint
+        assert c.db_dirs() == dirs
+        assert c.one("SELECT count(*) FROM pg_database WHERE datname = 'many_b'") == 0
+        status, hint = c.sql("SELECT status, hint FROM pgbranch.doctor() WHERE item = 'max_locks_per_transaction'")[0]
+        assert status == "error" and "at least" in hint
+        # Nothing else was refused: a template that fits is branched.
+        c.sql("CREATE DATABASE few STRATEGY wal_log")
+        c.sql("CREATE DATABASE few_b TEMPLATE few")
+    finally:
+        c.stop(mode="immediate", check=False)
