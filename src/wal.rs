@@ -26,14 +26,21 @@
 //! still waits for a whole checkpoint before commit, as core's FILE_COPY
 //! does. In archive recovery (PITR, standbys) a plain directory, if a base
 //! backup holds one, may be a partial copy, so redo removes it and clones
-//! the template as replay has rebuilt it, as core does; a subvolume there
-//! was made whole by an earlier replay of the same record (a standby that
-//! restarts replays from its last restartpoint), and is kept, because the
-//! template on disk may by then be newer than the record.
+//! the template as replay has rebuilt it, as core does. A directory that
+//! an earlier replay of this very record built (a standby that restarts
+//! replays from its last restartpoint, before the record) is kept, on
+//! every filesystem, because the template on disk may by then be newer
+//! than the record: redo marks the directory it builds with the record's
+//! timeline and end LSN (an extended attribute, `storage::set_record_mark`)
+//! before renaming it into place, and keeps a directory with that mark.
+//! Nothing else carries the mark (not pg_basebackup, pg_rewind or cp), so a
+//! copy made any other way is rebuilt.
 
 use crate::ffi;
 use crate::gucs;
-use pg_branch_storage::{clone_dir, errno_text, probe, remove_dir, Method, REDO_SUFFIX};
+use pg_branch_storage::{
+    clone_dir, errno_text, probe, record_mark, remove_dir, set_record_mark, Method, REDO_SUFFIX,
+};
 use pgrx::pg_sys::{self, Oid};
 use pgrx::prelude::*;
 use std::ffi::{c_char, CString};
@@ -308,17 +315,20 @@ unsafe extern "C-unwind" fn redo(record: *mut pg_sys::XLogReaderState) {
 
     let src = ffi::database_path(rec.src_db_id, rec.src_tablespace_id);
     let dst = ffi::database_path(rec.db_id, rec.tablespace_id);
+    // This record, as no other on any timeline: the timeline of the page it
+    // ends on and its end LSN.
+    let mark = format!("{}/{:X}", (*record).latestPageTLI, (*record).EndRecPtr);
     if dst.exists() {
         // Keep a directory that is known to be the whole branch as of this
         // record: in crash recovery, the one made before the crash (module
-        // comment); in archive recovery, a subvolume, which only a snapshot
-        // or an earlier replay of this record (built under a temporary
-        // name and renamed into place) can have made. A plain directory in
-        // archive recovery may be a base backup's partial copy: rebuild it.
+        // comment); in archive recovery, one an earlier replay of this
+        // record built and marked. Anything else in archive recovery (a
+        // base backup's partial copy, a rewound server's own branch with
+        // the same OID) is rebuilt.
         let why = if !ffi::in_archive_recovery() {
             Some("the branch made before the crash")
-        } else if pg_branch_storage::is_subvolume(&dst).unwrap_or(false) {
-            Some("made by an earlier replay")
+        } else if record_mark(&dst).ok().flatten().as_deref() == Some(mark.as_str()) {
+            Some("made by an earlier replay of this record")
         } else {
             None
         };
@@ -363,6 +373,19 @@ unsafe extern "C-unwind" fn redo(record: *mut pg_sys::XLogReaderState) {
             format!("plain copy (probe failed: {e})")
         }
     };
+    // Without a mark (a filesystem with no extended attributes) the
+    // directory is rebuilt if this record is replayed again, as before.
+    if let Err(e) = set_record_mark(&tmp, &mark) {
+        pgrx::ereport!(
+            WARNING,
+            PgSqlErrorCode::ERRCODE_IO_ERROR,
+            format!(
+                "pg_branch redo: could not mark \"{}\" as built for this record: {}",
+                tmp.display(),
+                errno_text(&e)
+            )
+        );
+    }
     if let Err(e) =
         std::fs::rename(&tmp, &dst).and_then(|_| std::fs::File::open(&parent)?.sync_all())
     {

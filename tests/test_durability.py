@@ -387,3 +387,43 @@ def test_recovery_of_a_backup_whose_template_was_dropped_while_it_ran(primary):
         assert "creating missing directory" not in log or "WARNING" not in log, log[-2000:]
     finally:
         restore.stop(mode="immediate", check=False)
+
+
+def test_a_standby_restarting_before_a_branch_keeps_the_branch_it_built(primary):
+    """On XFS (and wherever a branch is not a btrfs subvolume) redo used to
+    rebuild a branch every time it replayed its record: a standby that
+    restarts from a restartpoint before the record cloned the template
+    again as its disk holds it then, with pages its buffer manager had
+    already written with later changes. The branch then held the template's
+    later rows. Redo now marks the directory it built with the record
+    (timeline and end LSN) and keeps it when it meets the same record.
+    shared_buffers is 16 pages on the standby, so replaying the update
+    writes most of the template's pages; no restartpoint comes between (the
+    standby's last one is its restart before the branch)."""
+    primary.sql("DROP DATABASE IF EXISTS xfs_b")
+    standby = make_standby(primary, mount("PG_BRANCH_TEST_XFS") / "pytest-standby-xfs", 5509)
+    try:
+        with open(standby.data / "postgresql.conf", "a") as f:
+            f.write("shared_buffers = 128kB\ncheckpoint_timeout = 1h\nmax_wal_size = 4GB\n")
+        standby.stop()
+        standby.start()
+        primary.sql("CREATE DATABASE xfs_b TEMPLATE tpl")
+        oid = primary.one("SELECT oid FROM pg_database WHERE datname = 'xfs_b'")
+        expected = primary.sql("SELECT * FROM pgbench_accounts ORDER BY aid", dbname="xfs_b")
+        # A change the oracle does not look at (the template serves the
+        # other tests), to every page of the table.
+        primary.sql("UPDATE pgbench_accounts SET filler = 'written after the branch'", dbname="tpl")
+        wait_replayed(primary, standby)
+        assert not is_subvolume(standby.data / "base" / str(oid)), "a reflinked plain directory"
+        assert standby.sql("SELECT * FROM pgbench_accounts ORDER BY aid", dbname="xfs_b") == expected
+        standby.stop(mode="immediate")
+        standby.start()
+        wait_replayed(primary, standby)
+        assert standby.one("SELECT count(*) FROM pgbench_accounts WHERE filler LIKE 'written after%'",
+                           dbname="xfs_b") == 0
+        assert standby.sql("SELECT * FROM pgbench_accounts ORDER BY aid", dbname="xfs_b") == expected
+        log = (standby.root / "log").read_text()
+        assert f'pg_branch redo: kept "base/{oid}", made by an earlier replay of this record' in log
+    finally:
+        standby.stop(mode="immediate", check=False)
+        primary.sql("DROP DATABASE IF EXISTS xfs_b")

@@ -441,3 +441,51 @@ fn the_leftover_of_a_conversion_interrupted_after_its_swap_is_removed() {
     remove_dir(&dir).unwrap();
     fs::remove_dir_all(&root).unwrap();
 }
+
+/// A replayed branch's record mark is an extended attribute of its
+/// directory: set, read back and replaced on every filesystem we test;
+/// a directory without one has none; a snapshot carries its source's
+/// (which redo then replaces with its own record's).
+#[test]
+fn record_marks_are_kept_on_the_directory_itself() {
+    use pg_branch_storage::{record_mark, set_record_mark};
+    for var in [
+        "PG_BRANCH_TEST_BTRFS",
+        "PG_BRANCH_TEST_XFS",
+        "PG_BRANCH_TEST_EXT4",
+    ] {
+        let root = scratch(var);
+        let dir = root.join("1");
+        make_template(&dir);
+        assert_eq!(record_mark(&dir).unwrap(), None, "{var}");
+        set_record_mark(&dir, "1/3000028").unwrap();
+        assert_eq!(
+            record_mark(&dir).unwrap().as_deref(),
+            Some("1/3000028"),
+            "{var}"
+        );
+        set_record_mark(&dir, "2/4000A10").unwrap();
+        assert_eq!(
+            record_mark(&dir).unwrap().as_deref(),
+            Some("2/4000A10"),
+            "{var}"
+        );
+        assert_eq!(
+            fs::read_dir(&dir).unwrap().count(),
+            5,
+            "{var}: no file added"
+        );
+        fs::remove_dir_all(&root).unwrap();
+    }
+    let root = scratch("PG_BRANCH_TEST_BTRFS");
+    let (plain, src) = subvolume_template(&root);
+    set_record_mark(&src, "1/10").unwrap();
+    let dst = root.join("3");
+    clone_dir(&src, &dst, Method::Snapshot).unwrap();
+    assert_eq!(record_mark(&dst).unwrap().as_deref(), Some("1/10"));
+    for d in [&dst, &src] {
+        remove_dir(d).unwrap();
+    }
+    fs::remove_dir_all(&plain).unwrap();
+    fs::remove_dir_all(&root).unwrap();
+}
