@@ -160,13 +160,26 @@ pub fn log_create(
             std::mem::size_of::<BranchRecord>(),
         )
     };
+    // XLR_SPECIAL_REL_UPDATE says that a record changes relation files
+    // that no block reference names. Core's record carries it, as core's
+    // CREATE DATABASE writes it, and pg_rewind knows it. Ours must not:
+    // pg_rewind stops at any record with the flag whose resource manager
+    // it does not know ("WAL record modifies a relation, but record type
+    // is not recognized"), and it needs nothing from ours, for the reason
+    // it ignores core's (parsexlog.c): a branch only on the server being
+    // rewound is not on the source and is removed; one on the source is
+    // copied whole; and replay of the source's record rebuilds a directory
+    // of the same OID, which bears no mark of that record (redo above).
+    let flags = if rmid == RMGR_ID {
+        0
+    } else {
+        pg_sys::XLR_SPECIAL_REL_UPDATE as u8
+    };
     // SAFETY: `rec` outlives XLogInsert, which copies the registered data.
-    // XLR_SPECIAL_REL_UPDATE: the record changes relation files that no
-    // block reference names (pg_rewind looks for this flag).
     unsafe {
         pg_sys::XLogBeginInsert();
         pg_sys::XLogRegisterData((&mut rec as *mut BranchRecord).cast(), len as _);
-        pg_sys::XLogInsert(rmid, info | pg_sys::XLR_SPECIAL_REL_UPDATE as u8)
+        pg_sys::XLogInsert(rmid, info | flags)
     }
 }
 
@@ -183,10 +196,9 @@ pub fn log_convert(db: Oid, ts: Oid) -> pg_sys::XLogRecPtr {
             (&mut rec as *mut ConvertRecord).cast(),
             std::mem::size_of::<ConvertRecord>() as _,
         );
-        pg_sys::XLogInsert(
-            RMGR_ID,
-            XLOG_BRANCH_CONVERT | pg_sys::XLR_SPECIAL_REL_UPDATE as u8,
-        )
+        // No XLR_SPECIAL_REL_UPDATE, as in log_create: the files keep their
+        // contents, so there is nothing for pg_rewind to copy.
+        pg_sys::XLogInsert(RMGR_ID, XLOG_BRANCH_CONVERT)
     }
 }
 

@@ -427,3 +427,64 @@ def test_a_standby_restarting_before_a_branch_keeps_the_branch_it_built(primary)
     finally:
         standby.stop(mode="immediate", check=False)
         primary.sql("DROP DATABASE IF EXISTS xfs_b")
+
+
+def test_pg_rewind_brings_back_an_old_primary_across_branches():
+    """Fail over, branch and drop on both sides, then rewind the old primary
+    with pg_rewind and follow the new one, as failover tools do. Our records
+    carried XLR_SPECIAL_REL_UPDATE, which stops pg_rewind ("WAL record
+    modifies a relation, but record type is not recognized"). pg_rewind
+    treats them now as it treats core's database records: a branch only on
+    the old primary goes, one only on the new primary is copied, and replay
+    of the new primary's records rebuilds any directory with the same OID
+    (it carries no mark of that record)."""
+    p = Cluster(mount("PG_BRANCH_TEST_BTRFS") / "pytest-rewind-p", 5510, extra_conf="wal_log_hints = on\nwal_keep_size = '1GB'").init().start()
+    s = None
+    try:
+        p.sql("CREATE EXTENSION pg_branch")
+        pgbench_init(p, "tpl")
+        p.sql("CREATE DATABASE rw_before TEMPLATE tpl")
+        p.sql("CREATE DATABASE rw_gone TEMPLATE tpl")
+        s = make_standby(p, mount("PG_BRANCH_TEST_BTRFS2") / "pytest-rewind-s", 5511)
+        wait_replayed(p, s)
+        as_postgres(PG_BIN / "pg_ctl", "-D", s.data, "-w", "promote")
+        assert wait_for(lambda: not s.one("SELECT pg_is_in_recovery()"))
+        # The old primary's template changes in pages nothing on the new
+        # side touches, so its branches differ there from the new side's.
+        p.sql("UPDATE pgbench_accounts SET abalance = abalance + 7 WHERE aid > 99000", dbname="tpl")
+        for c, side in ((p, "old"), (s, "new")):
+            c.sql(f"CREATE DATABASE rw_{side}_1 TEMPLATE tpl")
+            c.sql(f"CREATE DATABASE rw_{side}_2 TEMPLATE rw_before")
+            c.sql("DROP DATABASE rw_gone")
+            c.sql("UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid <= 100", dbname=f"rw_{side}_1")
+        s.sql("UPDATE pgbench_accounts SET abalance = abalance - 5 WHERE aid <= 10", dbname="tpl")
+        s.sql("CREATE DATABASE rw_new_3 TEMPLATE tpl")
+        # The same OID on both sides, for different branches: after the
+        # rewind the old primary's own subvolume is there under that OID,
+        # and replay must rebuild it, not keep it.
+        same = p.one("SELECT oid FROM pg_database WHERE datname = 'rw_old_1'")
+        s.sql(f"CREATE DATABASE rw_new_same_oid OID = {same} TEMPLATE tpl")
+        p.stop()
+        as_postgres(PG_BIN / "pg_rewind", "-D", p.data,
+                    "--source-server", f"host={s.sock} port={s.port} user=postgres dbname=postgres")
+        (p.data / "standby.signal").touch()
+        shutil.chown(p.data / "standby.signal", "postgres", "postgres")
+        with open(p.data / "postgresql.conf", "a") as f:
+            # pg_rewind copied the new primary's configuration: its own
+            # port and socket again, and follow the new primary.
+            f.write(f"port = {p.port}\nunix_socket_directories = '{p.sock}'\n"
+                    f"primary_conninfo = 'host={s.sock} port={s.port} user=postgres'\narchive_mode = off\n")
+        p.start()
+        wait_replayed(s, p)
+        names = "SELECT datname FROM pg_database ORDER BY 1"
+        assert p.sql(names) == s.sql(names)
+        assert not {"rw_old_1", "rw_old_2", "rw_gone"} & {n for (n,) in p.sql(names)}
+        for (db,) in s.sql("SELECT datname FROM pg_database WHERE datname LIKE 'rw_%' OR datname = 'tpl'"):
+            q = "SELECT * FROM pgbench_accounts ORDER BY aid"
+            assert p.sql(q, dbname=db) == s.sql(q, dbname=db), db
+            oid = s.one("SELECT oid FROM pg_database WHERE datname = %s", params=(db,))
+            assert sorted(os.listdir(p.data / "base" / str(oid))) == sorted(os.listdir(s.data / "base" / str(oid))), db
+    finally:
+        if s is not None:
+            s.stop(mode="immediate", check=False)
+        p.stop(mode="immediate", check=False)
