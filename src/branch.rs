@@ -46,6 +46,30 @@ pub fn plan(
     plan_reusing(src_db, src_default, dst_default, &[])
 }
 
+/// Why the server's settings make a branch unsafe, if they do.
+///
+/// With `full_page_writes = off` and WAL kept for anyone to replay
+/// (`wal_level` above minimal: standbys, archives, PITR), a replayed branch
+/// could differ physically from ours: readers may prune a template page
+/// after the fence flushed it and before we clone the file, so our clone
+/// has the page before the prune and the replaying server's clone (of its
+/// template, which replayed the prune) the page after it. Later records of
+/// the branch that carry no full-page image would then be applied to a
+/// different page layout. Core's copy waits for a checkpoint with nobody
+/// connected to the template, so nothing can prune. Crash recovery alone
+/// (`wal_level = minimal`) keeps our directory, so it is safe there.
+fn settings_forbid_branching() -> Option<Unsupported> {
+    if ffi::setting("full_page_writes") == "off" && ffi::setting("wal_level") != "minimal" {
+        return Some(Unsupported {
+            reason: format!(
+                "full_page_writes is off and wal_level is {}: a server replaying this WAL (a standby, a PITR restore) could build a branch that differs from this one page by page, which only full-page images would repair",
+                ffi::setting("wal_level")
+            ),
+        });
+    }
+    None
+}
+
 /// [`plan`], taking the method of a directory that `known` already lists
 /// from there instead of probing its filesystem again.
 fn plan_reusing(
@@ -54,6 +78,9 @@ fn plan_reusing(
     dst_default: Oid,
     known: &[CloneStep],
 ) -> Result<Result<Vec<CloneStep>, Unsupported>, pg_branch_storage::Error> {
+    if let Some(why) = settings_forbid_branching() {
+        return Ok(Err(why));
+    }
     let mut steps = Vec::new();
     for ts in catalog::tablespaces() {
         let src = ffi::database_path(src_db, ts);

@@ -43,6 +43,7 @@ pub fn run() -> Vec<Check> {
     let (checks, largest) = databases();
     out.extend(checks);
     out.push(lock_table(largest));
+    out.push(full_page_writes());
     out.push(wal_record());
     let orphans = cleanup::orphans(cleanup::Purpose::List);
     out.extend(interrupted_conversions(&orphans));
@@ -393,6 +394,30 @@ fn lock_table(largest: Option<(String, usize)>) -> Check {
         .hint(hint)
     } else {
         check("max_locks_per_transaction", "ok", detail)
+    }
+}
+
+/// full_page_writes = off with WAL that others replay makes branching
+/// unsafe, so CREATE DATABASE copies as core does (branch.rs).
+fn full_page_writes() -> Check {
+    let what = "full_page_writes";
+    let wal_level = ffi::setting("wal_level");
+    match (ffi::setting("full_page_writes").as_str(), wal_level.as_str()) {
+        ("off", "minimal") => check(
+            what,
+            "ok",
+            "off, with wal_level minimal: only crash recovery replays this WAL, and it keeps each branch",
+        ),
+        ("off", _) => check(
+            what,
+            "warning",
+            format!(
+                "off, with wal_level {wal_level}: CREATE DATABASE copies templates as core does, \
+                 since a standby or restore replaying this WAL could build a branch that differs page by page"
+            ),
+        )
+        .hint("Set full_page_writes = on, or wal_level = minimal if no standby or archive needs this WAL."),
+        _ => check(what, "ok", "on"),
     }
 }
 

@@ -14,7 +14,7 @@ import threading
 import psycopg
 import pytest
 
-from conftest import (PG_BIN, HORIZON_VIOLATIONS, Background, Cluster, as_postgres, mount, tablespace, wait_for,
+from conftest import (PG_BIN, HORIZON_VIOLATIONS, Background, Cluster, as_postgres, is_subvolume, mount, tablespace, wait_for,
                       waiting_on_lock)
 from test_live_template import oracle
 from test_cleanup import checkpointer_stopped
@@ -482,5 +482,42 @@ def test_a_fence_the_lock_table_cannot_hold_is_refused_before_it_is_raised():
         # Nothing else was refused: a template that fits is branched.
         c.sql("CREATE DATABASE few STRATEGY wal_log")
         c.sql("CREATE DATABASE few_b TEMPLATE few")
+    finally:
+        c.stop(mode="immediate", check=False)
+
+
+def test_full_page_writes_off_copies_as_core_unless_only_crash_recovery_replays():
+    """With full_page_writes = off, a standby's or a restore's replayed
+    branch could differ page by page from ours (a reader pruning a template
+    page between the fence's flush and the clone), and nothing would repair
+    it. So CREATE DATABASE then copies as core does (with a NOTICE, and
+    core's refusal of a template in use), STRATEGY SNAPSHOT is refused, and
+    doctor() says why; with wal_level = minimal only crash recovery replays
+    the WAL, and it keeps the branch, so branching goes on there."""
+    c = Cluster(mount("PG_BRANCH_TEST_BTRFS") / "pytest-fpw-off", 5512, extra_conf="full_page_writes = off").init().start()
+    try:
+        c.sql("CREATE EXTENSION pg_branch")
+        c.sql("CREATE DATABASE fpw_t")
+        notices = []
+        with c.connect() as conn:
+            conn.add_notice_handler(lambda d: notices.append((d.message_primary, d.message_detail)))
+            conn.execute("CREATE DATABASE fpw_b TEMPLATE fpw_t")
+            with pytest.raises(psycopg.errors.FeatureNotSupported) as e:
+                conn.execute("CREATE DATABASE fpw_s TEMPLATE fpw_t STRATEGY SNAPSHOT")
+            assert "full_page_writes is off" in e.value.diag.message_detail
+            with c.connect("fpw_t"):
+                with pytest.raises(psycopg.errors.ObjectInUse, match='source database "fpw_t" is being accessed'):
+                    conn.execute("CREATE DATABASE fpw_busy TEMPLATE fpw_t")
+        assert notices[0][0] == 'template "fpw_t" cannot be branched, copying it instead'
+        assert "full_page_writes is off and wal_level is replica" in notices[0][1]
+        assert not is_subvolume(c.db_path("fpw_b"))
+        assert c.one("SELECT status FROM pgbranch.doctor() WHERE item = 'full_page_writes'") == "warning"
+        c.sql("ALTER SYSTEM SET wal_level = minimal")
+        c.sql("ALTER SYSTEM SET max_wal_senders = 0")
+        c.stop()
+        c.start()
+        c.sql("CREATE DATABASE fpw_minimal TEMPLATE fpw_t")
+        assert is_subvolume(c.db_path("fpw_minimal"))
+        assert c.one("SELECT status FROM pgbranch.doctor() WHERE item = 'full_page_writes'") == "ok"
     finally:
         c.stop(mode="immediate", check=False)
