@@ -43,6 +43,7 @@ pub fn run() -> Vec<Check> {
     let (checks, largest) = databases();
     out.extend(checks);
     out.push(lock_table(largest));
+    out.push(nested_subvolumes());
     out.push(full_page_writes());
     out.push(wal_record());
     let orphans = cleanup::orphans(cleanup::Purpose::List);
@@ -395,6 +396,43 @@ fn lock_table(largest: Option<(String, usize)>) -> Check {
     } else {
         check("max_locks_per_transaction", "ok", detail)
     }
+}
+
+/// Database directories that are btrfs subvolumes (branches, converted
+/// databases) are nested inside the data directory's subvolume. A snapshot
+/// of that subvolume (`btrfs subvolume snapshot`, `btrfs send`, snapper)
+/// holds each of them as an empty directory: a backup taken that way has
+/// lost every branch, silently.
+fn nested_subvolumes() -> Check {
+    let what = "filesystem snapshots";
+    let mut nested = 0;
+    for ts in catalog::tablespaces() {
+        let Ok(entries) = std::fs::read_dir(catalog::tablespace_dir(ts)) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let is_db = e
+                .file_name()
+                .to_str()
+                .and_then(pg_branch_storage::database_dir_name)
+                .is_some_and(|(_, leftover)| !leftover);
+            if is_db && pg_branch_storage::is_subvolume(&e.path()).unwrap_or(false) {
+                nested += 1;
+            }
+        }
+    }
+    if nested == 0 {
+        return check(what, "ok", "no database directory is a btrfs subvolume");
+    }
+    check(
+        what,
+        "warning",
+        format!(
+            "{nested} database directories are btrfs subvolumes (branches, converted databases): \
+             a snapshot of the data directory's subvolume, or btrfs send of it, holds them as empty directories"
+        ),
+    )
+    .hint("Back this cluster up with pg_basebackup or pgBackRest, which copy files, not with a filesystem snapshot.")
 }
 
 /// full_page_writes = off with WAL that others replay makes branching

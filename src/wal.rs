@@ -337,7 +337,16 @@ unsafe extern "C-unwind" fn redo(record: *mut pg_sys::XLogReaderState) {
         // record built and marked. Anything else in archive recovery (a
         // base backup's partial copy, a rewound server's own branch with
         // the same OID) is rebuilt.
-        let why = if !ffi::in_archive_recovery() {
+        // An empty directory is never a database (core writes PG_VERSION
+        // and pg_filenode.map first): it is what a snapshot of the data
+        // directory's subvolume holds in place of a nested subvolume (a
+        // branch), and it is rebuilt, in crash recovery too.
+        let empty = std::fs::read_dir(&dst)
+            .map(|mut d| d.next().is_none())
+            .unwrap_or(false);
+        let why = if empty {
+            None
+        } else if !ffi::in_archive_recovery() {
             Some("the branch made before the crash")
         } else if record_mark(&dst).ok().flatten().as_deref() == Some(mark.as_str()) {
             Some("made by an earlier replay of this record")
@@ -347,6 +356,16 @@ unsafe extern "C-unwind" fn redo(record: *mut pg_sys::XLogReaderState) {
         if let Some(why) = why {
             log(format!("pg_branch redo: kept \"{}\", {why}", dst.display()));
             return;
+        }
+        if empty && !ffi::in_archive_recovery() {
+            pgrx::ereport!(
+                WARNING,
+                PgSqlErrorCode::ERRCODE_DATA_CORRUPTED,
+                format!(
+                    "pg_branch redo: \"{}\" is empty, as in a snapshot of the data directory that does not hold nested subvolumes; rebuilding it from its template as it is on disk now, which may hold changes made after the branch",
+                    dst.display()
+                )
+            );
         }
         // As dbase_redo() before it replaces a directory: every process
         // (hot-standby readers) closes the file descriptors it holds, so

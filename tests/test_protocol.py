@@ -8,6 +8,7 @@ early, filesystem probes before the privilege checks.
 """
 
 import re
+import shutil
 import subprocess
 import threading
 
@@ -520,4 +521,40 @@ def test_full_page_writes_off_copies_as_core_unless_only_crash_recovery_replays(
         assert is_subvolume(c.db_path("fpw_minimal"))
         assert c.one("SELECT status FROM pgbranch.doctor() WHERE item = 'full_page_writes'") == "ok"
     finally:
+        c.stop(mode="immediate", check=False)
+
+
+def test_crash_recovery_rebuilds_a_branch_a_filesystem_snapshot_left_empty():
+    """A snapshot of the data directory's subvolume holds every nested
+    subvolume (a branch) as an empty directory. Crash recovery of such a
+    copy, when it replays the branch's record, used to keep that empty
+    directory ("the branch made before the crash"), and the database could
+    not be opened. An empty directory is never a database: it is rebuilt,
+    with a WARNING. Here the checkpoint the branch asked for is held by gdb
+    after its start, the server killed, and the branch's directory emptied
+    as such a snapshot would hold it."""
+    c = Cluster(mount("PG_BRANCH_TEST_BTRFS") / "pytest-empty-branch", 5513, extra_conf="autovacuum = off").init().start()
+    gdb = None
+    try:
+        c.sql("CREATE DATABASE snap_tpl")
+        c.sql("CREATE TABLE t AS SELECT g FROM generate_series(1, 1000) g", dbname="snap_tpl")
+        c.sql("CREATE DATABASE snap_first TEMPLATE snap_tpl")  # the first branch waits for a whole checkpoint
+        checkpointer = c.one("SELECT pid FROM pg_stat_activity WHERE backend_type = 'checkpointer'")
+        gdb = Gdb(checkpointer)
+        gdb.run("break ProcessSyncRequests", "continue")
+        c.sql("CREATE DATABASE snap_b TEMPLATE snap_tpl")
+        assert wait_for(lambda: gdb.stopped_at("ProcessSyncRequests"))
+        path = c.db_path("snap_b")
+        c.kill9()
+        gdb.close()
+        gdb = None
+        shutil.rmtree(path)
+        path.mkdir()
+        shutil.chown(path, "postgres", "postgres")
+        c.start()
+        assert c.one("SELECT count(*) FROM t", dbname="snap_b") == 1000
+        assert "is empty, as in a snapshot of the data directory" in (c.root / "log").read_text()
+    finally:
+        if gdb:
+            gdb.close()
         c.stop(mode="immediate", check=False)

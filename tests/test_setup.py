@@ -38,13 +38,21 @@ def test_doctor_on_btrfs(branch):
     assert rows["pg_branch.enabled"][0] == "ok"
     status, detail, _ = rows["tablespace pg_default"]
     assert status == "ok" and "on btrfs" in detail and "files can be cloned" in detail
-    assert "mounted at " + str(mount("PG_BRANCH_TEST_BTRFS")) in detail
+    # The filesystem's mount point (the test mount, or one above it when the
+    # tests are given a directory inside a mount).
+    mountpoint = subprocess.run(["findmnt", "-n", "-o", "TARGET", "-T", str(mount("PG_BRANCH_TEST_BTRFS"))],
+                                capture_output=True, text=True, check=True).stdout.strip()
+    assert "mounted at " + mountpoint + " " in detail
     status, detail, hint = rows["database doc_plain"]
     assert status == "info" and "reflink each of its" in detail
     assert hint == "SELECT * FROM pgbranch.convert_to_subvolume('doc_plain'); makes its branches O(1) snapshots."
     branch.sql("DROP DATABASE IF EXISTS doc_branch")
     branch.sql("CREATE DATABASE doc_branch TEMPLATE doc_plain")  # a subvolume
     assert doctor(branch)["database doc_branch"][0:2] == ("ok", "branches are btrfs snapshots: O(1) at any size")
+    # A branch is a subvolume nested in the data directory's: a snapshot
+    # of the data directory would hold it as an empty directory.
+    status, detail, hint = doctor(branch)["filesystem snapshots"]
+    assert status == "warning" and "btrfs subvolumes" in detail and "pg_basebackup" in hint
     assert rows["max_locks_per_transaction"][0] == "ok"
     assert rows["pg_branch.wal_record"][0] == "info"
     assert rows["orphaned directories"] == ("ok", "none", None)
@@ -96,6 +104,7 @@ def test_doctor_on_a_filesystem_that_cannot_clone(ext4):
     rows = doctor(ext4)
     status, detail, hint = rows["tablespace pg_default"]
     assert status == "warning" and "ext4" in detail and "cannot clone files" in detail
+    assert rows["filesystem snapshots"][0] == "ok"
     assert "btrfs" in hint and "reflink=1" in hint
     status, detail, _ = rows["database template1"]
     assert status == "warning" and detail.startswith("copied by core:")
