@@ -7,6 +7,7 @@ use crate::convert;
 use crate::doctor;
 use crate::error;
 use crate::ffi;
+use crate::wal;
 use pg_branch_storage::{errno_text, fs_name, is_subvolume};
 use pgrx::prelude::*;
 
@@ -292,6 +293,65 @@ fn doctor() -> TableIterator<
     )
 }
 
+/// Who would still need pg_branch to replay this server's WAL: crash
+/// recovery from now, each connected standby, and restores of base backups
+/// with archived WAL. `needs_pg_branch` is NULL where it cannot be known.
+/// The steps to stop needing it are in the README ("Uninstall").
+#[pg_extern(volatile)]
+#[allow(clippy::type_complexity)]
+fn wal_needs_pg_branch() -> TableIterator<
+    'static,
+    (
+        name!(replayer, String),
+        name!(needs_pg_branch, Option<bool>),
+        name!(detail, String),
+    ),
+> {
+    // NULL: no record of ours written or replayed since the server started
+    // (any older one lies before the checkpoint it started from).
+    let last = match wal::last_record() {
+        Some(end) => format!(
+            "'{:X}/{:X}'::pg_catalog.pg_lsn",
+            end >> 32,
+            end & 0xffff_ffff
+        ),
+        None => "NULL::pg_catalog.pg_lsn".to_string(),
+    };
+    let query = format!(
+        r#"
+WITH w AS (SELECT {last} AS last, c.redo_lsn FROM pg_catalog.pg_control_checkpoint() c)
+SELECT 'crash recovery', coalesce(w.last > w.redo_lsn, false),
+       CASE WHEN w.last IS NULL THEN 'no pg_branch record since the server started'
+            ELSE 'the newest pg_branch record ends at ' || w.last || ', the last checkpoint''s redo point is ' || w.redo_lsn END
+  FROM w
+UNION ALL
+SELECT 'standby ' || coalesce(nullif(r.application_name, ''), r.pid::text),
+       r.replay_lsn IS NULL OR r.replay_lsn < coalesce(w.last, w.redo_lsn),
+       'replayed up to ' || coalesce(r.replay_lsn::text, 'nothing yet')
+  FROM pg_catalog.pg_stat_replication r, w
+UNION ALL
+SELECT 'base backups and archived WAL', CASE WHEN w.last IS NULL THEN NULL ELSE true END,
+       CASE WHEN w.last IS NULL THEN 'unknown: restores of base backups taken before this server started may replay older pg_branch records'
+            ELSE 'restoring a base backup that started before the first checkpoint after ' || w.last || ' replays pg_branch records' END
+  FROM w"#
+    );
+    let rows: Vec<(String, Option<bool>, String)> = Spi::connect(|c| {
+        c.select(&query, None, &[])
+            .map(|rows| {
+                rows.map(|r| {
+                    (
+                        r.get::<String>(1).ok().flatten().unwrap_or_default(),
+                        r.get::<bool>(2).ok().flatten(),
+                        r.get::<String>(3).ok().flatten().unwrap_or_default(),
+                    )
+                })
+                .collect()
+            })
+            .unwrap_or_default()
+    });
+    TableIterator::new(rows)
+}
+
 fn require_superuser(what: &str) {
     // SAFETY: reads the current user's superuser flag.
     if !unsafe { pg_sys::superuser() } {
@@ -340,6 +400,7 @@ REVOKE ALL ON FUNCTION remove_orphans() FROM PUBLIC;
 REVOKE ALL ON FUNCTION convert_to_subvolume(text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION convert_all_to_subvolumes() FROM PUBLIC;
 REVOKE ALL ON FUNCTION doctor() FROM PUBLIC;
+REVOKE ALL ON FUNCTION wal_needs_pg_branch() FROM PUBLIC;
 COMMENT ON FUNCTION database_storage() IS
   'Where each database directory lives and how pg_branch would branch it';
 "#,
@@ -350,6 +411,7 @@ COMMENT ON FUNCTION database_storage() IS
         remove_orphans,
         convert_to_subvolume,
         convert_all_to_subvolumes,
-        doctor
+        doctor,
+        wal_needs_pg_branch
     ]
 );

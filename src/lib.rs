@@ -41,6 +41,7 @@ pub extern "C-unwind" fn _PG_init() {
     quiet_panics();
     gucs::init();
     wal::register();
+    wal::install_record_tracking();
     wal::install_drop_tracking();
     hook::install();
 }

@@ -124,6 +124,40 @@ pub fn register() {
     unsafe { pg_sys::RegisterCustomRmgr(RMGR_ID, std::ptr::addr_of_mut!(RMGR)) };
 }
 
+/// Ask for the shared memory of [`LAST_RECORD`]; from _PG_init in the
+/// postmaster. (The macro also tests features pg13/pg14, which this crate
+/// does not have.)
+#[allow(unexpected_cfgs)]
+pub fn install_record_tracking() {
+    pgrx::pg_shmem_init!(LAST_RECORD);
+}
+
+/// The end of the newest record of our resource manager that this server
+/// wrote or replayed since it started (0: none). Only a server that
+/// preloads pg_branch can replay WAL from before that point; see
+/// [`last_record`].
+static LAST_RECORD: pgrx::PgAtomic<std::sync::atomic::AtomicU64> =
+    // SAFETY: a name of our own for the shared memory segment.
+    unsafe { pgrx::PgAtomic::new(c"pg_branch_last_record") };
+
+fn note_record(end: pg_sys::XLogRecPtr) {
+    LAST_RECORD
+        .get()
+        .fetch_max(end, std::sync::atomic::Ordering::SeqCst);
+}
+
+/// The end of the newest record only pg_branch can replay, written or
+/// replayed since this server started. Records from before its start lie
+/// before the checkpoint it started from: a clean start's shutdown
+/// checkpoint, or the end of its crash recovery, which replayed (and so
+/// noted) every record after the last checkpoint.
+pub fn last_record() -> Option<pg_sys::XLogRecPtr> {
+    match LAST_RECORD.get().load(std::sync::atomic::Ordering::SeqCst) {
+        0 => None,
+        end => Some(end),
+    }
+}
+
 /// Which record `log_create` writes.
 pub fn core_record() -> bool {
     gucs::WAL_RECORD.get() == gucs::WalRecord::Core
@@ -176,11 +210,15 @@ pub fn log_create(
         pg_sys::XLR_SPECIAL_REL_UPDATE as u8
     };
     // SAFETY: `rec` outlives XLogInsert, which copies the registered data.
-    unsafe {
+    let end = unsafe {
         pg_sys::XLogBeginInsert();
         pg_sys::XLogRegisterData((&mut rec as *mut BranchRecord).cast(), len as _);
         pg_sys::XLogInsert(rmid, info | flags)
+    };
+    if rmid == RMGR_ID {
+        note_record(end);
     }
+    end
 }
 
 /// Log that `<ts>/<db>` is now a subvolume; returns the end of the record.
@@ -190,7 +228,7 @@ pub fn log_convert(db: Oid, ts: Oid) -> pg_sys::XLogRecPtr {
         tablespace_id: ts,
     };
     // SAFETY: as in log_create.
-    unsafe {
+    let end = unsafe {
         pg_sys::XLogBeginInsert();
         pg_sys::XLogRegisterData(
             (&mut rec as *mut ConvertRecord).cast(),
@@ -199,7 +237,9 @@ pub fn log_convert(db: Oid, ts: Oid) -> pg_sys::XLogRecPtr {
         // No XLR_SPECIAL_REL_UPDATE, as in log_create: the files keep their
         // contents, so there is nothing for pg_rewind to copy.
         pg_sys::XLogInsert(RMGR_ID, XLOG_BRANCH_CONVERT)
-    }
+    };
+    note_record(end);
+    end
 }
 
 /// The full-page-image rule without a whole checkpoint: ask for an
@@ -306,6 +346,7 @@ unsafe fn decode<T: Copy>(record: *mut pg_sys::XLogReaderState) -> (u8, Option<T
 /// temporary name and renamed into place; and the rename is made durable.
 #[pg_guard]
 unsafe extern "C-unwind" fn redo(record: *mut pg_sys::XLogReaderState) {
+    note_record((*record).EndRecPtr);
     let info = decode::<u8>(record).0;
     if info == XLOG_BRANCH_CONVERT {
         if let (_, Some(rec)) = decode::<ConvertRecord>(record) {

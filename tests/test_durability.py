@@ -13,7 +13,7 @@ import time
 import psycopg
 import pytest
 
-from conftest import PG_BIN, Cluster, as_postgres, exclusive_bytes, is_subvolume, mount, wait_for
+from conftest import LIBRARY, PG_BIN, Cluster, as_postgres, exclusive_bytes, is_subvolume, mount, wait_for
 from test_live_template import oracle
 
 
@@ -488,3 +488,60 @@ def test_pg_rewind_brings_back_an_old_primary_across_branches():
         if s is not None:
             s.stop(mode="immediate", check=False)
         p.stop(mode="immediate", check=False)
+
+
+def preload(cluster, libraries):
+    """shared_preload_libraries for the next start (ALTER SYSTEM would
+    write '' as a list holding one empty name)."""
+    with open(cluster.data / "postgresql.auto.conf", "a") as f:
+        f.write(f"shared_preload_libraries = '{libraries}'\n")
+
+
+def test_uninstalling_by_the_readme_leaves_a_server_that_recovers():
+    """Taken out of shared_preload_libraries while WAL still holds its
+    records, pg_branch left a server whose crash recovery stopped at the
+    first of them ("resource manager with ID 128 not registered"). The
+    README's Uninstall steps (wal_record = core, CHECKPOINT, wait for the
+    standbys) and pgbranch.wal_needs_pg_branch() are checked here: first
+    the failure they prevent, then the steps, a kill -9 without pg_branch,
+    and a new standby that never loaded it."""
+    c = Cluster(mount("PG_BRANCH_TEST_BTRFS") / "pytest-uninstall", 5514).init().start()
+    standby = None
+    try:
+        c.sql("CREATE EXTENSION pg_branch")
+        c.sql("CREATE DATABASE un_t")
+        c.sql("CREATE TABLE t AS SELECT g FROM generate_series(1, 100) g", dbname="un_t")
+        c.sql("CREATE DATABASE un_b TEMPLATE un_t")
+        needs = dict((r, n) for r, n, _ in c.sql("SELECT * FROM pgbranch.wal_needs_pg_branch()"))
+        assert needs["crash recovery"] is True and needs["base backups and archived WAL"] is True
+        # Without the steps: no preload, kill -9, and recovery cannot start.
+        preload(c, "")
+        c.kill9()
+        with pytest.raises(subprocess.CalledProcessError):
+            c.start()
+        assert "resource manager with ID 128 not registered" in (c.root / "log").read_text()
+        preload(c, LIBRARY)
+        c.start()
+        # The steps.
+        c.sql("ALTER SYSTEM SET pg_branch.wal_record = core")
+        c.sql("SELECT pg_reload_conf()")
+        c.sql("CHECKPOINT")
+        needs = dict((r, n) for r, n, _ in c.sql("SELECT * FROM pgbranch.wal_needs_pg_branch()"))
+        assert needs["crash recovery"] is False
+        c.sql("CREATE DATABASE un_after TEMPLATE un_t")  # core's record from now on
+        c.sql("DROP EXTENSION pg_branch")
+        c.sql("ALTER SYSTEM RESET pg_branch.wal_record")
+        preload(c, "")
+        c.kill9()
+        c.start()
+        assert c.one("SHOW shared_preload_libraries") == ""
+        for db in ("un_b", "un_after"):
+            assert c.one("SELECT count(*) FROM t", dbname=db) == 100
+        standby = make_standby(c, mount("PG_BRANCH_TEST_BTRFS2") / "pytest-uninstall-standby", 5515, preload=False)
+        c.sql("CREATE DATABASE un_core TEMPLATE un_t")
+        wait_replayed(c, standby)
+        assert standby.one("SELECT count(*) FROM t", dbname="un_core") == 100
+    finally:
+        if standby is not None:
+            standby.stop(mode="immediate", check=False)
+        c.stop(mode="immediate", check=False)
