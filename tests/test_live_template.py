@@ -330,3 +330,38 @@ def test_autovacuum_on_the_template_is_cancelled_not_waited_for(branch):
         assert "canceling autovacuum task" in (c.root / "log").read_text()
     finally:
         c.stop(check=False)
+
+
+def test_an_anti_wraparound_autovacuum_is_waited_for_never_cancelled():
+    """Core never cancels an autovacuum that runs to prevent wraparound, and
+    neither does a branch: the fence waits for it to finish the table it
+    holds (it takes its lock one table at a time), within lock_timeout and
+    statement_timeout, and the log shows no cancelled task. The vacuum of
+    that one table is throttled to take minutes."""
+    c = Cluster(mount("PG_BRANCH_TEST_BTRFS") / "pytest-av-wraparound", 5516, extra_conf="\n".join([
+        "autovacuum_naptime = 1", "autovacuum_freeze_max_age = 100000", "log_autovacuum_min_duration = 0",
+        "deadlock_timeout = '200ms'"])).init().start()
+    try:
+        c.sql("CREATE DATABASE avw")
+        c.sql("CREATE TABLE big WITH (autovacuum_vacuum_cost_delay = 100, autovacuum_vacuum_cost_limit = 1) AS "
+              "SELECT g, repeat('x', 100) AS pad FROM generate_series(1, 200000) g", dbname="avw")
+        c.sql("""CREATE PROCEDURE burn(n int) LANGUAGE plpgsql AS $$
+                 BEGIN FOR i IN 1..n LOOP PERFORM pg_current_xact_id(); COMMIT; END LOOP; END $$""")
+        with c.connect() as conn:
+            conn.execute("SET synchronous_commit = off")
+            conn.execute("CALL burn(150000)")
+        big = c.one("SELECT 'big'::regclass::oid", dbname="avw")
+        assert wait_for(lambda: c.one("""SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a USING (pid)
+                                          WHERE a.backend_type = 'autovacuum worker' AND l.granted
+                                            AND l.mode = 'ShareUpdateExclusiveLock' AND l.relation = %s
+                                            AND a.query LIKE '%%to prevent wraparound%%'""",
+                                      params=(big,)) == 1, timeout=120)
+        with c.connect() as conn:
+            conn.execute("SET lock_timeout = '2s'")
+            with pytest.raises(psycopg.errors.LockNotAvailable) as e:
+                conn.execute("CREATE DATABASE avw_branch TEMPLATE avw")
+        assert 'relation "big" of template database "avw"' in e.value.diag.message_detail
+        assert c.one("SELECT count(*) FROM pg_database WHERE datname = 'avw_branch'") == 0
+        assert "canceling autovacuum task" not in (c.root / "log").read_text()
+    finally:
+        c.stop(mode="immediate", check=False)
