@@ -33,7 +33,10 @@ def pgbench_load(cluster, db, seconds):
 
 
 def wait_replayed(primary, standby, timeout=120):
-    lsn = primary.one("SELECT pg_current_wal_insert_lsn()")
+    # The flush position, not the insert position: after a record that ends
+    # at a page boundary the insert position is past the next page header,
+    # where replay never gets until another record comes.
+    lsn = primary.one("SELECT pg_current_wal_flush_lsn()")
     deadline = time.time() + timeout
     while time.time() < deadline:
         if standby.one("SELECT pg_last_wal_replay_lsn() >= %s::pg_lsn", params=(lsn,)):
