@@ -15,6 +15,7 @@ import pytest
 
 from conftest import LIBRARY, PG_BIN, Cluster, as_postgres, exclusive_bytes, is_subvolume, mount, wait_for
 from test_live_template import oracle
+from test_protocol import Gdb
 
 
 def pgbench_init(cluster, db, scale=1):
@@ -514,12 +515,20 @@ def test_uninstalling_by_the_readme_leaves_a_server_that_recovers():
         c.sql("CREATE EXTENSION pg_branch")
         c.sql("CREATE DATABASE un_t")
         c.sql("CREATE TABLE t AS SELECT g FROM generate_series(1, 100) g", dbname="un_t")
+        # The first branch after a start waits for a whole checkpoint; the
+        # next one commits once its checkpoint has started, which gdb then
+        # holds: until it completes, crash recovery replays the record.
+        c.sql("CREATE DATABASE un_first TEMPLATE un_t")
+        gdb = Gdb(c.one("SELECT pid FROM pg_stat_activity WHERE backend_type = 'checkpointer'"))
+        gdb.run("break ProcessSyncRequests", "continue")
         c.sql("CREATE DATABASE un_b TEMPLATE un_t")
+        assert wait_for(lambda: gdb.stopped_at("ProcessSyncRequests"))
         needs = dict((r, n) for r, n, _ in c.sql("SELECT * FROM pgbranch.wal_needs_pg_branch()"))
         assert needs["crash recovery"] is True and needs["base backups and archived WAL"] is True
         # Without the steps: no preload, kill -9, and recovery cannot start.
         preload(c, "")
         c.kill9()
+        gdb.close()
         with pytest.raises(subprocess.CalledProcessError):
             c.start()
         assert "resource manager with ID 128 not registered" in (c.root / "log").read_text()
