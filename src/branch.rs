@@ -336,20 +336,23 @@ pub unsafe fn createdb(pstate: *mut pg_sys::ParseState, stmt: *const pg_sys::Cre
         // does, so crash recovery and standbys can rebuild it.
         let clone_started = Instant::now();
         let mut last_lsn = 0;
+        let mut logged = Vec::new();
         for step in &steps {
             let dst = ffi::database_path(dboid, step.dst_tablespace);
             cleanup::created(step.dst_tablespace, dst.clone());
             if let Err(e) = clone_dir(&step.src, &dst, step.method) {
                 clone_error(&step.src, &dst, step.method, e);
             }
-            last_lsn = wal::log_create(
+            let record = wal::log_create(
                 dboid,
                 step.dst_tablespace,
                 template.oid,
                 step.src_tablespace,
                 step.method,
             );
+            last_lsn = record.end;
             cleanup::logged(step.dst_tablespace);
+            logged.push((dst, record));
         }
         stats.clone_ms = ms(clone_started.elapsed());
         let all_snapshots = steps.iter().all(|s| s.method == Method::Snapshot);
@@ -365,6 +368,16 @@ pub unsafe fn createdb(pstate: *mut pg_sys::ParseState, stmt: *const pg_sys::Cre
         let (up, down_at) = fence.lower();
         stats.fence_ms = ms(up);
         stats.fence_down_at = down_at;
+
+        // Mark each directory with its record, as redo marks what it
+        // builds, so that archive recovery of this data directory (after
+        // pg_rewind, which replays the records since the last common
+        // checkpoint here) keeps it rather than clone the template again
+        // (wal.rs). Crash recovery keeps it anyway, so this is done after
+        // the fence, and not fsynced.
+        for (dst, record) in &logged {
+            wal::mark_built(dst, record);
+        }
 
         // 10. Full-page-image rule: before the branch can be used (that
         // is, before we commit), a checkpoint must have started after its

@@ -31,7 +31,7 @@
 //! replays from its last restartpoint, before the record) is kept, on
 //! every filesystem, because the template on disk may by then be newer
 //! than the record: redo marks the directory it builds with the record's
-//! timeline and end LSN (an extended attribute, `storage::set_record_mark`)
+//! timeline and start LSN (an extended attribute, `storage::set_record_mark`)
 //! before renaming it into place, and keeps a directory with that mark.
 //! Nothing else carries the mark (not pg_basebackup, pg_rewind or cp), so a
 //! copy made any other way is rebuilt.
@@ -163,15 +163,43 @@ pub fn core_record() -> bool {
     gucs::WAL_RECORD.get() == gucs::WalRecord::Core
 }
 
+/// A branch record just written.
+pub struct Logged {
+    /// Its end, to wait and flush for.
+    pub end: pg_sys::XLogRecPtr,
+    /// What redo would mark the directory with (`None`: core's record,
+    /// which core's redo replays).
+    mark: Option<String>,
+}
+
+/// How a directory built for a record is marked: the record's timeline and
+/// start LSN, which no other record on any timeline has.
+fn record_mark_text(tli: pg_sys::TimeLineID, start: pg_sys::XLogRecPtr) -> String {
+    format!("{tli}/{start:X}")
+}
+
+/// Mark `dir` as the directory built for `record` (see redo). A failure,
+/// or a mark lost in a crash (it is not fsynced: crash recovery keeps the
+/// directory anyway), costs only a rebuild if archive recovery replays the
+/// record here.
+pub fn mark_built(dir: &std::path::Path, record: &Logged) {
+    let Some(mark) = &record.mark else { return };
+    if let Err(e) = set_record_mark(dir, mark) {
+        pgrx::ereport!(
+            LOG,
+            PgSqlErrorCode::ERRCODE_IO_ERROR,
+            format!(
+                "pg_branch: could not mark \"{}\" as built for its record: {}",
+                dir.display(),
+                errno_text(&e)
+            )
+        );
+    }
+}
+
 /// Log that `<dst_ts>/<dst_db>` was cloned from `<src_ts>/<src_db>` by
-/// `method`; returns the end of the record.
-pub fn log_create(
-    dst_db: Oid,
-    dst_ts: Oid,
-    src_db: Oid,
-    src_ts: Oid,
-    method: Method,
-) -> pg_sys::XLogRecPtr {
+/// `method`.
+pub fn log_create(dst_db: Oid, dst_ts: Oid, src_db: Oid, src_ts: Oid, method: Method) -> Logged {
     let mut rec = BranchRecord {
         db_id: dst_db,
         tablespace_id: dst_ts,
@@ -215,10 +243,17 @@ pub fn log_create(
         pg_sys::XLogRegisterData((&mut rec as *mut BranchRecord).cast(), len as _);
         pg_sys::XLogInsert(rmid, info | flags)
     };
-    if rmid == RMGR_ID {
-        note_record(end);
+    if rmid != RMGR_ID {
+        return Logged { end, mark: None };
     }
-    end
+    note_record(end);
+    // SAFETY: reads where this backend's last record began, and the
+    // timeline it was inserted on.
+    let (start, tli) = unsafe { (pg_sys::ProcLastRecPtr, pg_sys::GetWALInsertionTimeLine()) };
+    Logged {
+        end,
+        mark: Some(record_mark_text(tli, start)),
+    }
 }
 
 /// Log that `<ts>/<db>` is now a subvolume; returns the end of the record.
@@ -369,8 +404,8 @@ unsafe extern "C-unwind" fn redo(record: *mut pg_sys::XLogReaderState) {
     let src = ffi::database_path(rec.src_db_id, rec.src_tablespace_id);
     let dst = ffi::database_path(rec.db_id, rec.tablespace_id);
     // This record, as no other on any timeline: the timeline of the page it
-    // ends on and its end LSN.
-    let mark = format!("{}/{:X}", (*record).latestPageTLI, (*record).EndRecPtr);
+    // was read from, and where it starts.
+    let mark = record_mark_text((*record).latestPageTLI, (*record).ReadRecPtr);
     if dst.exists() {
         // Keep a directory that is known to be the whole branch as of this
         // record: in crash recovery, the one made before the crash (module
@@ -447,7 +482,8 @@ unsafe extern "C-unwind" fn redo(record: *mut pg_sys::XLogReaderState) {
     };
     // Without a mark (a filesystem with no extended attributes) the
     // directory is rebuilt if this record is replayed again, as before.
-    if let Err(e) = set_record_mark(&tmp, &mark) {
+    if let Err(e) = set_record_mark(&tmp, &mark).and_then(|_| std::fs::File::open(&tmp)?.sync_all())
+    {
         pgrx::ereport!(
             WARNING,
             PgSqlErrorCode::ERRCODE_IO_ERROR,

@@ -558,3 +558,43 @@ def test_crash_recovery_rebuilds_a_branch_a_filesystem_snapshot_left_empty():
         if gdb:
             gdb.close()
         c.stop(mode="immediate", check=False)
+
+
+def test_a_crashed_primary_restarted_as_a_standby_keeps_its_own_branches():
+    """A crashed primary restarted with standby.signal (as failover tools
+    do) replays the branch records after its last checkpoint with the
+    branches already there, and must keep them: the template on disk holds
+    rows written after the branch. (PostgreSQL replays pg_wal with crash
+    recovery's rules first; the primary also marks each branch with its
+    record, as redo does, for archive recovery of its own directories,
+    after pg_rewind for instance.) The checkpoint is held by gdb after it
+    has written the template's new rows and before it completes; then
+    kill -9."""
+    c = Cluster(mount("PG_BRANCH_TEST_BTRFS") / "pytest-own-branches", 5517, extra_conf="autovacuum = off").init().start()
+    gdb = None
+    try:
+        c.sql("CREATE DATABASE own_tpl")
+        c.sql("CREATE TABLE t (id int PRIMARY KEY, note text); "
+              "INSERT INTO t SELECT g, 'before' FROM generate_series(1, 100) g", dbname="own_tpl")
+        c.sql("CREATE DATABASE own_first TEMPLATE own_tpl")  # the first branch waits for a whole checkpoint
+        gdb = Gdb(c.one("SELECT pid FROM pg_stat_activity WHERE backend_type = 'checkpointer'"))
+        gdb.run("break CreateCheckPoint", "continue")
+        creator = Background(c, "CREATE DATABASE own_b TEMPLATE own_tpl", "creator")
+        assert wait_for(lambda: gdb.stopped_at("CreateCheckPoint"))
+        c.sql("UPDATE t SET note = 'after'", dbname="own_tpl")
+        gdb.run("delete", "break ProcessSyncRequests", "continue")
+        assert wait_for(lambda: gdb.stopped_at("ProcessSyncRequests"))
+        creator.join()
+        c.kill9()
+        gdb.close()
+        gdb = None
+        (c.data / "standby.signal").touch()
+        shutil.chown(c.data / "standby.signal", "postgres", "postgres")
+        c.start()
+        assert c.one("SELECT pg_is_in_recovery()")
+        assert c.sql("SELECT note, count(*) FROM t GROUP BY note", dbname="own_b") == [("before", 100)]
+        assert c.sql("SELECT note, count(*) FROM t GROUP BY note", dbname="own_tpl") == [("after", 100)]
+    finally:
+        if gdb:
+            gdb.close()
+        c.stop(mode="immediate", check=False)

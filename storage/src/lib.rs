@@ -387,8 +387,8 @@ pub fn database_dir_name(name: &str) -> Option<(u32, bool)> {
 const RECORD_MARK: &std::ffi::CStr = c"user.pg_branch.record";
 
 /// Mark directory `dir` as built, completely, for the WAL record `mark`
-/// (the server writes its timeline and end LSN), before it is renamed into
-/// place. Replay that meets the same record again (a standby restarting
+/// (the server writes its timeline and start LSN), before it is renamed into
+/// place; the caller fsyncs it if it must be durable. Replay that meets the same record again (a standby restarting
 /// from a restartpoint before it) finds the mark and keeps the directory,
 /// instead of cloning the template again as it is on disk *now*, which may
 /// hold later changes. A mark is an extended attribute of the directory
@@ -411,7 +411,7 @@ pub fn set_record_mark(dir: &Path, mark: &str) -> io::Result<()> {
     if rc != 0 {
         return Err(io::Error::last_os_error());
     }
-    File::open(dir)?.sync_all()
+    Ok(())
 }
 
 /// The mark [`set_record_mark`] left on `dir`, if any (None also where the
