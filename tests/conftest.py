@@ -88,7 +88,12 @@ class Cluster:
 
     def start(self):
         env = [f"{k}={v}" for k, v in self.env.items()]
-        as_postgres("env", *env, PG_BIN / "pg_ctl", "-D", self.data, "-l", self.root / "log", "-w", "-t", "60", "start")
+        try:
+            as_postgres("env", *env, PG_BIN / "pg_ctl", "-D", self.data, "-l", self.root / "log", "-w", "-t", "60", "start")
+        except subprocess.CalledProcessError as e:
+            # What the server said is the only clue to why it did not start.
+            log = (self.root / "log").read_text(errors="replace").splitlines()[-40:]
+            raise AssertionError(f"{self.data} did not start: {e.stderr.strip()}\n" + "\n".join(log)) from e
         return self
 
     def stop(self, mode="fast", check=True):
