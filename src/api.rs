@@ -104,6 +104,8 @@ fn last_branch() -> TableIterator<
         name!(fence_up_at, Option<TimestampWithTimeZone>),
         name!(fence_down_at, Option<TimestampWithTimeZone>),
         name!(clone_ms, f64),
+        name!(wal_logged_pages, i64),
+        name!(wal_log_ms, f64),
         name!(checkpoint_ms, f64),
         name!(total_ms, f64),
     ),
@@ -120,6 +122,8 @@ fn last_branch() -> TableIterator<
             TimestampWithTimeZone::try_from(s.fence_up_at).ok(),
             TimestampWithTimeZone::try_from(s.fence_down_at).ok(),
             s.clone_ms,
+            s.wal_logged_pages,
+            s.wal_log_ms,
             s.checkpoint_ms,
             s.total_ms,
         )

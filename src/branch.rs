@@ -3,10 +3,11 @@
 //! `src/backend/commands/dbcommands.c`; where it differs, the comment says
 //! so and why. Numbers refer to the steps of DESIGN.md.
 
+use crate::backup;
 use crate::catalog::{self, DatabaseRow, NewDatabase};
 use crate::cleanup;
 use crate::compat;
-use crate::error::{error, Report};
+use crate::error::{error, file_error_code, Report};
 use crate::fence::Fence;
 use crate::ffi;
 use crate::locale;
@@ -335,6 +336,7 @@ pub unsafe fn createdb(pstate: *mut pg_sys::ParseState, stmt: *const pg_sys::Cre
         // 7. Clone each directory, and 8. log each one as core's FILE_COPY
         // does, so crash recovery and standbys can rebuild it.
         let clone_started = Instant::now();
+        let backups = backup::Watch::start();
         let mut last_lsn = 0;
         let mut logged = Vec::new();
         for step in &steps {
@@ -355,6 +357,7 @@ pub unsafe fn createdb(pstate: *mut pg_sys::ParseState, stmt: *const pg_sys::Cre
             logged.push((dst, record));
         }
         stats.clone_ms = ms(clone_started.elapsed());
+        let during_backup = backups.saw_backup();
         let all_snapshots = steps.iter().all(|s| s.method == Method::Snapshot);
         stats.method = if all_snapshots {
             Method::Snapshot
@@ -377,6 +380,27 @@ pub unsafe fn createdb(pstate: *mut pg_sys::ParseState, stmt: *const pg_sys::Cre
         // the fence, and not fsynced.
         for (dst, record) in &logged {
             wal::mark_built(dst, record);
+        }
+
+        // A base backup that ran while we logged may hold the template as
+        // it was at another moment than the branch's, and its replay would
+        // clone that (backup.rs). Write the branch into WAL page by page,
+        // as core's WAL_LOG strategy does, so replay rebuilds it exactly.
+        // Its files are still nobody else's: it is invisible until we
+        // commit, so the template's writers need not wait for this.
+        if during_backup {
+            let logging_started = Instant::now();
+            let dirs: Vec<_> = steps
+                .iter()
+                .map(|s| {
+                    (
+                        s.dst_tablespace,
+                        ffi::database_path(dboid, s.dst_tablespace),
+                    )
+                })
+                .collect();
+            stats.wal_logged_pages = backup::log_contents(dboid, &dirs);
+            stats.wal_log_ms = ms(logging_started.elapsed());
         }
 
         // 10. Full-page-image rule: before the branch can be used (that
@@ -444,6 +468,10 @@ pub struct BranchStats {
     pub fence_up_at: pg_sys::TimestampTz,
     pub fence_down_at: pg_sys::TimestampTz,
     pub clone_ms: f64,
+    /// Pages written into WAL because a base backup ran (backup.rs), and
+    /// the time that took.
+    pub wal_logged_pages: i64,
+    pub wal_log_ms: f64,
     pub checkpoint_ms: f64,
     pub total_ms: f64,
 }
@@ -597,19 +625,4 @@ fn clone_error(
             dst.display()
         ))
         .error()
-}
-
-/// The SQLSTATE of a failed file operation, as core's
-/// `errcode_for_file_access()` classifies errno.
-pub fn file_error_code(errno: Option<i32>) -> PgSqlErrorCode {
-    match errno {
-        Some(libc::ENOSPC) => PgSqlErrorCode::ERRCODE_DISK_FULL,
-        Some(libc::EACCES) | Some(libc::EPERM) | Some(libc::EROFS) => {
-            PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE
-        }
-        Some(libc::ENOENT) => PgSqlErrorCode::ERRCODE_UNDEFINED_FILE,
-        Some(libc::EEXIST) => PgSqlErrorCode::ERRCODE_DUPLICATE_FILE,
-        Some(libc::EMFILE) | Some(libc::ENFILE) => PgSqlErrorCode::ERRCODE_INSUFFICIENT_RESOURCES,
-        _ => PgSqlErrorCode::ERRCODE_IO_ERROR,
-    }
 }

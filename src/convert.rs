@@ -22,8 +22,8 @@
 //! it stays done if the calling transaction rolls back, which is harmless
 //! since no data differs.
 
-use crate::branch::file_error_code;
 use crate::catalog;
+use crate::error::file_error_code;
 use crate::error::Report;
 use crate::ffi;
 use crate::wal;

@@ -144,3 +144,18 @@ fn static_file(file: &'static str) -> &'static CStr {
 pub fn error(code: PgSqlErrorCode, message: impl Into<String>) -> ! {
     Report::new(code, message).error()
 }
+
+/// The SQLSTATE of a failed file operation, as core's
+/// `errcode_for_file_access()` classifies errno.
+pub fn file_error_code(errno: Option<i32>) -> PgSqlErrorCode {
+    match errno {
+        Some(libc::ENOSPC) => PgSqlErrorCode::ERRCODE_DISK_FULL,
+        Some(libc::EACCES) | Some(libc::EPERM) | Some(libc::EROFS) => {
+            PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE
+        }
+        Some(libc::ENOENT) => PgSqlErrorCode::ERRCODE_UNDEFINED_FILE,
+        Some(libc::EEXIST) => PgSqlErrorCode::ERRCODE_DUPLICATE_FILE,
+        Some(libc::EMFILE) | Some(libc::ENFILE) => PgSqlErrorCode::ERRCODE_INSUFFICIENT_RESOURCES,
+        _ => PgSqlErrorCode::ERRCODE_IO_ERROR,
+    }
+}

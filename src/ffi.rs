@@ -34,6 +34,11 @@ mod raw {
             collprovider: c_char,
             collcollate: *const c_char,
         ) -> *mut c_char;
+        // catalog/storage.h
+        pub fn log_smgrcreate(
+            rlocator: *const crate::compat::FileLocator,
+            forkNum: pg_sys::ForkNumber::Type,
+        );
         // storage/copydir.h
         pub fn copydir(fromdir: *mut c_char, todir: *mut c_char, recurse: bool);
         // utils/relmapper.h (renamed in 16: file nodes became file numbers)
@@ -55,6 +60,14 @@ pub const CHECKPOINT_IMMEDIATE: c_int = 0x0004;
 pub const CHECKPOINT_FORCE: c_int = 0x0008;
 pub const CHECKPOINT_WAIT: c_int = 0x0020;
 pub const CHECKPOINT_FLUSH_ALL: c_int = 0x0010;
+
+/// `log_smgrcreate()`: an XLOG_SMGR_CREATE record, whose replay creates
+/// the fork's file.
+pub fn log_smgrcreate(locator: &crate::compat::FileLocator, fork: pg_sys::ForkNumber::Type) {
+    // SAFETY: `locator` is a valid reference for the call; the function
+    // only copies it into the record.
+    unsafe { raw::log_smgrcreate(locator, fork) }
+}
 
 /// Ask the checkpointer for a checkpoint with `flags`.
 pub fn request_checkpoint(flags: c_int) {

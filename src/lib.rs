@@ -8,6 +8,7 @@
 use pgrx::prelude::*;
 
 mod api;
+mod backup;
 mod branch;
 mod catalog;
 mod cleanup;

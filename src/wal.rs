@@ -482,8 +482,17 @@ unsafe extern "C-unwind" fn redo(record: *mut pg_sys::XLogReaderState) {
     };
     // Without a mark (a filesystem with no extended attributes) the
     // directory is rebuilt if this record is replayed again, as before.
-    if let Err(e) = set_record_mark(&tmp, &mark).and_then(|_| std::fs::File::open(&tmp)?.sync_all())
-    {
+    // Before consistency (a base backup's replay, a rewound server's) the
+    // template on disk may hold pages from after this record, so what we
+    // built is not known to be the branch: it gets no mark, and if a base
+    // backup ran when the branch was made, the records that follow rebuild
+    // it page by page (backup.rs).
+    let marked = if ffi::reached_consistency() {
+        set_record_mark(&tmp, &mark).and_then(|_| std::fs::File::open(&tmp)?.sync_all())
+    } else {
+        Ok(())
+    };
+    if let Err(e) = marked {
         pgrx::ereport!(
             WARNING,
             PgSqlErrorCode::ERRCODE_IO_ERROR,

@@ -219,3 +219,38 @@ def test_a_1gb_pgbench_template_is_branched(branch):
     assert exclusive_bytes(branch.db_path("big_b")) < 1 << 20
     branch.sql("DROP DATABASE big_b")
     branch.sql("DROP DATABASE big")
+
+
+def test_a_branch_made_while_a_backup_runs_is_written_into_wal_page_by_page(branch):
+    """While a base backup runs, a branch also goes into WAL as full-page
+    images of every page of its template (backup.rs), so that replay of the
+    backup rebuilds it exactly (tests/test_durability.py restores such
+    backups). pg_branch reads the count of running backups from core's
+    shared memory at the place each version keeps it: here on every
+    version, no page is written before or after a backup, and during one
+    exactly the template's pages are."""
+    for db in ("wal_t", "wal_b1", "wal_b2", "wal_b3"):
+        branch.sql(f"DROP DATABASE IF EXISTS {db}")
+    branch.sql("CREATE DATABASE wal_t")
+    branch.sql("CREATE TABLE t AS SELECT g, md5(g::text) AS h FROM generate_series(1, 20000) g", dbname="wal_t")
+    branch.sql("CREATE INDEX ON t (h)", dbname="wal_t")
+    branch.sql("VACUUM t", dbname="wal_t")
+    pages = branch.one("""SELECT sum(pg_relation_size(c.oid, f)) / 8192 FROM pg_class c,
+                                 unnest(ARRAY['main', 'fsm', 'vm', 'init']) f
+                           WHERE NOT c.relisshared""", dbname="wal_t")
+    logged = "SELECT wal_logged_pages FROM pgbranch.last_branch()"
+    try:
+        with branch.connect() as session, branch.connect() as backup:
+            session.execute("CREATE DATABASE wal_b1 TEMPLATE wal_t")
+            assert session.execute(logged).fetchone() == (0,)
+            backup.execute("SELECT pg_backup_start('pages', true)")
+            session.execute("CREATE DATABASE wal_b2 TEMPLATE wal_t")
+            assert session.execute(logged).fetchone() == (pages,)
+            backup.execute("SELECT pg_backup_stop(false)")
+            session.execute("CREATE DATABASE wal_b3 TEMPLATE wal_t")
+            assert session.execute(logged).fetchone() == (0,)
+        q = "SELECT count(*), sum(hashtext(h)) FROM t"
+        assert branch.sql(q, dbname="wal_b2") == branch.sql(q, dbname="wal_t")
+    finally:
+        for db in ("wal_b1", "wal_b2", "wal_b3", "wal_t"):
+            branch.sql(f"DROP DATABASE IF EXISTS {db}")

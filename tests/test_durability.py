@@ -370,18 +370,9 @@ def test_recovery_of_a_backup_whose_template_was_dropped_while_it_ran(primary):
         primary.sql("CREATE DATABASE gone_b TEMPLATE gone_t")
         primary.sql("DROP DATABASE gone_b")
         primary.sql("DROP DATABASE gone_t")
-        shutil.copytree(primary.data, restore.data, symlinks=True,
-                        ignore=lambda d, names: [n for n in names if n in ("postmaster.pid", "postmaster.opts")
-                                                 or os.path.basename(d) == "pg_wal" and n != "archive_status"])
+        copy_data_directory(primary, restore)
         label = backup.execute("SELECT labelfile FROM pg_backup_stop(true)").fetchone()[0]
-    (restore.data / "backup_label").write_text(label)
-    for p in (restore.data / "pg_wal" / "archive_status").iterdir():
-        p.unlink()
-    with open(restore.data / "postgresql.conf", "a") as f:
-        f.write(f"port = {restore.port}\nunix_socket_directories = '{restore.sock}'\n"
-                f"restore_command = 'cp {primary.archive}/%f %p'\narchive_mode = off\n")
-    (restore.data / "recovery.signal").touch()
-    subprocess.run(["chown", "-R", "postgres:postgres", restore.data], check=True)
+    prepare_restore(primary, restore, label)
     try:
         restore.start()
         assert wait_for(lambda: not restore.one("SELECT pg_is_in_recovery()"), 120)
@@ -391,6 +382,122 @@ def test_recovery_of_a_backup_whose_template_was_dropped_while_it_ran(primary):
         assert "creating missing directory" not in log or "WARNING" not in log, log[-2000:]
     finally:
         restore.stop(mode="immediate", check=False)
+
+
+def copy_data_directory(primary, restore):
+    """The file copy of a base backup made with pg_backup_start (no WAL:
+    replay takes it from the archive). Like pg_basebackup, pgBackRest or
+    rsync -a, it does not carry extended attributes (shutil.copytree and
+    cp -a do)."""
+    subprocess.run(["cp", "-r", "--preserve=mode,ownership,timestamps", "--no-dereference",
+                    primary.data, restore.data], check=True)
+    for name in ("postmaster.pid", "postmaster.opts"):
+        (restore.data / name).unlink(missing_ok=True)
+    for p in (restore.data / "pg_wal").iterdir():
+        if p.is_file():
+            p.unlink()
+
+
+def prepare_restore(primary, restore, label, conf="", signal_file="recovery.signal"):
+    """Make a copied data directory a server that replays `primary`'s
+    archive from the backup whose label pg_backup_stop returned."""
+    (restore.data / "backup_label").write_text(label)
+    for p in (restore.data / "pg_wal" / "archive_status").iterdir():
+        p.unlink()
+    with open(restore.data / "postgresql.conf", "a") as f:
+        f.write(f"port = {restore.port}\nunix_socket_directories = '{restore.sock}'\n"
+                f"restore_command = 'cp {primary.archive}/%f %p'\narchive_mode = off\n{conf}")
+    (restore.data / signal_file).touch()
+    subprocess.run(["chown", "-R", "postgres:postgres", restore.root], check=True)
+
+
+def accounts(cluster, db):
+    return cluster.sql("SELECT * FROM pgbench_accounts ORDER BY aid", dbname=db)
+
+
+def test_branches_made_while_a_backup_copies_a_live_template_are_exact(primary):
+    """A base backup copies the files of a template that pgbench writes to,
+    and of branches made from it while the copy runs. Replay of such a
+    backup reaches each branch's record before it is consistent, when the
+    template it would clone holds pages copied after the branch: here
+    every page of pgbench_accounts, rewritten after bk_1 and flushed before
+    the copy. The branches used to come back with those later rows (bk_1's
+    filler read 'later'); while a backup runs, a branch is now also
+    written into WAL page by page (backup.rs), and every restore of the
+    backup (to the end of the backup, to the end of the WAL, and a
+    streaming standby) holds each branch exactly as the primary made it."""
+    pgbench_init(primary, "bk_t")
+    if primary.has_contrib("amcheck"):
+        primary.sql("CREATE EXTENSION amcheck", dbname="bk_t")
+    copies = [Cluster(mount("PG_BRANCH_TEST_BTRFS2") / f"pytest-backup-{n}", 5523 + i).fresh()
+              for i, n in enumerate(("consistent", "end", "standby"))]
+    made = {}
+    with primary.connect() as backup, primary.connect() as session:
+        backup.execute("SELECT pg_backup_start('live', true)")
+        load = pgbench_load(primary, "bk_t", 8)
+        try:
+            session.execute("CREATE DATABASE bk_1 TEMPLATE bk_t")
+            made["bk_1"] = session.execute("SELECT wal_logged_pages FROM pgbranch.last_branch()").fetchone()[0]
+            primary.sql("UPDATE pgbench_accounts SET filler = 'later'", dbname="bk_t")
+            primary.sql("CHECKPOINT")
+            copy_data_directory(primary, copies[0])
+            session.execute("CREATE DATABASE bk_2 TEMPLATE bk_t")
+            made["bk_2"] = session.execute("SELECT wal_logged_pages FROM pgbranch.last_branch()").fetchone()[0]
+            label = backup.execute("SELECT labelfile FROM pg_backup_stop(true)").fetchone()[0]
+        finally:
+            load.communicate(timeout=60)
+        session.execute("CREATE DATABASE bk_after TEMPLATE bk_t")
+        made["bk_after"] = session.execute("SELECT wal_logged_pages FROM pgbranch.last_branch()").fetchone()[0]
+    # Written page by page only while the backup ran.
+    assert made["bk_1"] > 0 and made["bk_2"] > 0 and made["bk_after"] == 0, made
+    wait_archived(primary)
+    for c in copies[1:]:
+        shutil.copytree(copies[0].data, c.data, symlinks=True)
+    prepare_restore(primary, copies[0], label, "recovery_target = 'immediate'\nrecovery_target_action = 'promote'\n")
+    prepare_restore(primary, copies[1], label)
+    prepare_restore(primary, copies[2], label, f"primary_conninfo = 'host={primary.sock} port={primary.port} user=postgres'\n"
+                    "hot_standby = on\n", signal_file="standby.signal")
+    try:
+        for c in copies:
+            c.start()
+        for c in copies[:2]:
+            assert wait_for(lambda: not c.one("SELECT pg_is_in_recovery()"), 120)
+        wait_replayed(primary, copies[2])
+        for c, dbs in ((copies[0], ["bk_1"]), (copies[1], list(made)), (copies[2], list(made))):
+            for db in dbs:
+                assert accounts(c, db) == accounts(primary, db), (c.root.name, db)
+                oracle(c, db)
+        assert copies[0].one("SELECT count(*) FROM pg_database WHERE datname = 'bk_after'") == 0
+    finally:
+        for c in copies:
+            c.stop(mode="immediate", check=False)
+        for db in list(made) + ["bk_t"]:
+            primary.sql(f"DROP DATABASE IF EXISTS {db}")
+
+
+def test_a_base_backup_over_the_replication_protocol_is_seen(primary):
+    """pg_basebackup starts its backup in a walsender, not with
+    pg_backup_start: a branch made while it runs is written into WAL page
+    by page too, and once it has gone, branches are not."""
+    target = Cluster(mount("PG_BRANCH_TEST_BTRFS2") / "pytest-backup-slow", 5526).fresh()
+    slow = subprocess.Popen(["sudo", "-u", "postgres", PG_BIN / "pg_basebackup", "-D", target.data, "-X", "none",
+                             "-c", "fast", "--max-rate=32k", "-h", primary.sock, "-p", str(primary.port),
+                             "-U", "postgres"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        assert wait_for(lambda: primary.one("SELECT count(*) FROM pg_stat_progress_basebackup "
+                                            "WHERE phase = 'streaming database files'") == 1)
+        with primary.connect() as session:
+            session.execute("CREATE DATABASE bk_proto TEMPLATE tpl")
+            assert session.execute("SELECT wal_logged_pages FROM pgbranch.last_branch()").fetchone()[0] > 0
+            primary.sql("SELECT pg_terminate_backend(pid) FROM pg_stat_progress_basebackup")
+            slow.wait(60)
+            assert wait_for(lambda: primary.one("SELECT count(*) FROM pg_stat_progress_basebackup") == 0)
+            session.execute("DROP DATABASE bk_proto")
+            session.execute("CREATE DATABASE bk_proto TEMPLATE tpl")
+            assert session.execute("SELECT wal_logged_pages FROM pgbranch.last_branch()").fetchone()[0] == 0
+    finally:
+        slow.terminate()
+        primary.sql("DROP DATABASE IF EXISTS bk_proto")
 
 
 def test_a_standby_restarting_before_a_branch_keeps_the_branch_it_built(primary):

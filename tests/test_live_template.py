@@ -228,7 +228,9 @@ def amcheck(cluster, db):
     wheel has no contrib modules)."""
     if not cluster.has_contrib("amcheck"):
         return -1
-    cluster.sql("CREATE EXTENSION IF NOT EXISTS amcheck", dbname=db)
+    # Not on a standby, which replays the branch with amcheck in it.
+    if not cluster.one("SELECT pg_is_in_recovery()", dbname=db):
+        cluster.sql("CREATE EXTENSION IF NOT EXISTS amcheck", dbname=db)
     checked = cluster.one("""SELECT count(bt_index_check(c.oid, true)) FROM pg_index i
                                JOIN pg_class c ON c.oid = i.indexrelid
                                JOIN pg_am am ON am.oid = c.relam
