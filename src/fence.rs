@@ -98,12 +98,21 @@ impl Fence {
             waited: Duration::ZERO,
             relations: 0,
         };
+        let mut rounds = 0;
         'attempt: loop {
             check_for_interrupts!();
+            // After ORDERED_AFTER rounds, queue for each busy relation in
+            // turn, keeping the others, within one short budget
+            // (`Fence::queue_for`).
+            let budget = (rounds >= ORDERED_AFTER).then(OrderedRound::start);
             if !fence.held.contains(&pg_sys::RelationRelationId)
                 && !fence.try_take(pg_sys::RelationRelationId)
+                && !budget.as_ref().is_some_and(|b| {
+                    fence.queue_for(pg_sys::RelationRelationId, b, "pg_class", name)
+                })
             {
                 fence.wait_alone(pg_sys::RelationRelationId, "pg_class", name);
+                rounds += 1;
                 continue 'attempt;
             }
             // pg_class is ours: the list cannot change until we let go.
@@ -112,8 +121,14 @@ impl Fence {
             // would fill it for every session of the cluster.
             LockTable::now().refuse_unless_room_for(relations.len() + 1, name);
             for rel in &relations {
-                if !fence.held.contains(&rel.oid) && !fence.try_take(rel.oid) {
+                if !fence.held.contains(&rel.oid)
+                    && !fence.try_take(rel.oid)
+                    && !budget
+                        .as_ref()
+                        .is_some_and(|b| fence.queue_for(rel.oid, b, &rel.name, name))
+                {
                     fence.wait_alone(rel.oid, &rel.name, name);
+                    rounds += 1;
                     continue 'attempt;
                 }
             }
@@ -151,6 +166,84 @@ impl Fence {
             // SAFETY: we took exactly this lock once per entry of `held`.
             unsafe { pg_sys::LockRelease(&tag, FENCE_LOCK, false) };
         }
+    }
+
+    /// In an ordered round: queue for `rel` while keeping what we hold, until
+    /// it is ours (true) or the round's budget is spent (false: the caller
+    /// lets go of everything and waits for `rel` alone).
+    ///
+    /// Why this bounds the fence. Releasing everything and waiting for one
+    /// relation at a time starves when several relations are written
+    /// independently (each attempt needs every one of them free at once;
+    /// five tables with three pgbench clients each kept a branch waiting
+    /// for minutes). Queueing keeps what we took: writers of a relation we
+    /// hold queue behind us, the current holders of the next one finish,
+    /// and new writers of it queue behind us too, so a round ends once the
+    /// transactions that held the template's relations when it began have
+    /// ended, as long as that takes less than its budget.
+    ///
+    /// Why no writer pays for it. Waiting while holding locks can close a
+    /// cycle with a writer that waits for a relation we hold while holding
+    /// the one we wait for. The deadlock detector then cancels whichever
+    /// waiter's deadlock_timeout expires first; so the whole round, from
+    /// its first lock on, lasts at most deadlock_timeout / 2 (a lock
+    /// timeout of what is left of it on each wait): every writer that
+    /// waits for us started after the round did, and we let go before its
+    /// deadlock_timeout expires, and before ours.
+    fn queue_for(
+        &mut self,
+        rel: Oid,
+        round: &OrderedRound,
+        rel_name: &str,
+        db_name: &CStr,
+    ) -> bool {
+        let Some(left) = round.left_ms() else {
+            return false;
+        };
+        // SAFETY: LockTimeout is the lock_timeout setting of this backend,
+        // read by the lock wait we are about to start, and put back below
+        // whatever happens.
+        let user_timeout = unsafe { pg_sys::LockTimeout };
+        let ours = if user_timeout > 0 && user_timeout <= left {
+            user_timeout
+        } else {
+            left
+        };
+        let tag = relation_tag(self.db, rel);
+        let holders = holders(self.db, rel);
+        let described = describe(&holders);
+        // SAFETY: as above.
+        unsafe { pg_sys::LockTimeout = ours };
+        let taken = PgTryBuilder::new(|| {
+            // SAFETY: a blocking LockAcquire; a lock timeout unwinds to the
+            // catch below, with the lock manager's wait already undone
+            // (ProcessInterrupts calls LockErrorCleanup before it raises).
+            unsafe { pg_sys::LockAcquire(&tag, FENCE_LOCK, false, false) };
+            true
+        })
+        .catch_when(PgSqlErrorCode::ERRCODE_LOCK_NOT_AVAILABLE, |e| {
+            // SAFETY: as above.
+            unsafe { pg_sys::LockTimeout = user_timeout };
+            if ours == user_timeout {
+                lock_timeout_error(
+                    &e,
+                    &holders,
+                    &described,
+                    rel_name,
+                    &db_name.to_string_lossy(),
+                );
+            }
+            false
+        })
+        .finally(|| {
+            // SAFETY: as above.
+            unsafe { pg_sys::LockTimeout = user_timeout };
+        })
+        .execute();
+        if taken {
+            self.held.push(rel);
+        }
+        taken
     }
 
     /// Let go of everything, then wait for `rel` alone and keep it.
@@ -210,26 +303,69 @@ impl Fence {
             unsafe { pg_sys::LockAcquire(&tag, FENCE_LOCK, false, false) };
         })
         .catch_when(PgSqlErrorCode::ERRCODE_LOCK_NOT_AVAILABLE, |e| {
-            let hint = if holders.iter().any(|h| matches!(h.who, Who::Prepared { .. })) {
-                "Finish the prepared transaction with COMMIT PREPARED or ROLLBACK PREPARED; SELECT * FROM pg_prepared_xacts shows it."
-            } else {
-                "A branch waits until every transaction that wrote to its template or locked one of its rows has ended; pg_stat_activity shows the sessions."
-            };
-            let message = match &e {
-                pg_sys::panic::CaughtError::PostgresError(r)
-                | pg_sys::panic::CaughtError::ErrorReport(r)
-                | pg_sys::panic::CaughtError::RustPanic { ereport: r, .. } => r.message().to_string(),
-            };
-            Report::new(PgSqlErrorCode::ERRCODE_LOCK_NOT_AVAILABLE, message)
-                .detail(format!(
-                    "CREATE DATABASE was waiting for ExclusiveLock on relation \"{rel_display}\" of template database \"{db_display}\", held by {described}."
-                ))
-                .hint(hint)
-                .error()
+            lock_timeout_error(&e, &holders, &described, &rel_display, &db_display)
         })
         .execute();
         self.held.push(rel);
     }
+}
+
+/// Rounds of letting go of everything and waiting for one relation before
+/// a round queues for each relation in turn (`Fence::queue_for`).
+const ORDERED_AFTER: usize = 3;
+
+/// The time budget of an ordered round: deadlock_timeout / 2 from its start.
+struct OrderedRound {
+    deadline: Instant,
+}
+
+impl OrderedRound {
+    fn start() -> OrderedRound {
+        // SAFETY: reads this backend's deadlock_timeout setting.
+        let deadlock_timeout = unsafe { pg_sys::DeadlockTimeout }.max(2);
+        OrderedRound {
+            deadline: Instant::now() + Duration::from_millis(deadlock_timeout as u64 / 2),
+        }
+    }
+
+    /// Milliseconds left, if at least one.
+    fn left_ms(&self) -> Option<i32> {
+        let left = self
+            .deadline
+            .saturating_duration_since(Instant::now())
+            .as_millis();
+        (left >= 1).then_some(left.min(i32::MAX as u128) as i32)
+    }
+}
+
+/// The user's lock_timeout expired while the fence waited for `rel_name`:
+/// core's message, with who held the lock.
+fn lock_timeout_error(
+    e: &pg_sys::panic::CaughtError,
+    holders: &[Holder],
+    described: &str,
+    rel_name: &str,
+    db_name: &str,
+) -> ! {
+    let hint = if holders
+        .iter()
+        .any(|h| matches!(h.who, Who::Prepared { .. }))
+    {
+        "Finish the prepared transaction with COMMIT PREPARED or ROLLBACK PREPARED; SELECT * FROM pg_prepared_xacts shows it."
+    } else {
+        "A branch waits until every transaction that wrote to its template or locked one of its rows has ended; pg_stat_activity shows the sessions."
+    };
+    let message = match e {
+        pg_sys::panic::CaughtError::PostgresError(r)
+        | pg_sys::panic::CaughtError::ErrorReport(r)
+        | pg_sys::panic::CaughtError::RustPanic { ereport: r, .. } => r.message().to_string(),
+    };
+    Report::new(PgSqlErrorCode::ERRCODE_LOCK_NOT_AVAILABLE, message)
+        .detail(format!(
+            "CREATE DATABASE was waiting for ExclusiveLock on relation \"{rel_name}\" of template database \"{db_name}\", held by {described}."
+        ))
+        .hint(hint)
+        .error()
 }
 
 /// The size of the shared lock table, which every fence lock (one per

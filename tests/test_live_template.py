@@ -274,6 +274,63 @@ def test_oracle_branches_under_pgbench_load(branch):
     branch.sql("DROP DATABASE oracle WITH (FORCE)")
 
 
+def test_independently_hot_tables_do_not_starve_the_fence(branch):
+    """Five tables each written by its own two pgbench clients, and two
+    more written together (one pair of clients takes them in one order,
+    the other in the other). The fence used to let go of everything and
+    wait for one table at a time, so it needed all of them free at once:
+    4 of 5 branches ran into a 20 s statement_timeout. After three such
+    rounds it now queues for each table in turn, keeping the others, for
+    at most deadlock_timeout / 2 (fence.rs): every branch is made, each
+    holds the pair's invariant and passes amcheck, and no writer is
+    cancelled (a deadlock would abort a pgbench client)."""
+    branch.sql("DROP DATABASE IF EXISTS hot WITH (FORCE)")
+    branch.sql("CREATE DATABASE hot")
+    tables = [f"h{i}" for i in range(5)] + ["p1", "p2"]
+    for t in tables:
+        branch.sql(f"CREATE TABLE {t} (id int PRIMARY KEY, v int NOT NULL)", dbname="hot")
+        branch.sql(f"INSERT INTO {t} SELECT g, 0 FROM generate_series(1, 10) g", dbname="hot")
+    scripts = {t: f"\\set r random(1, 10)\nUPDATE {t} SET v = v + 1 WHERE id = :r;\n" for t in tables[:5]}
+    # Rows 1-5 and 6-10: the pair's writers never wait for each other.
+    scripts["pair_a"] = ("\\set r random(1, 5)\nBEGIN;\nUPDATE p1 SET v = v + 1 WHERE id = :r;\n"
+                         "UPDATE p2 SET v = v + 1 WHERE id = :r;\nCOMMIT;\n")
+    scripts["pair_b"] = ("\\set r random(6, 10)\nBEGIN;\nUPDATE p2 SET v = v + 1 WHERE id = :r;\n"
+                         "UPDATE p1 SET v = v + 1 WHERE id = :r;\nCOMMIT;\n")
+    scripts_dir = mount("PG_BRANCH_TEST_BTRFS") / "pytest-hot-scripts"
+    scripts_dir.mkdir(exist_ok=True)
+    files = {}
+    for name, text in scripts.items():
+        files[name] = scripts_dir / f"{name}.sql"
+        files[name].write_text(text)
+        files[name].chmod(0o644)
+    runs = [[files[t]] for t in tables[:5]] + [[files["pair_a"], files["pair_b"]]]
+    loads = []
+    for run in runs:
+        loads.append(subprocess.Popen(["sudo", "-u", "postgres", PG_BIN / "pgbench", "-n", "-c", "2", "-T", "30",
+                                       *[a for f in run for a in ("-f", f)],
+                                       "-h", branch.sock, "-p", str(branch.port), "-U", "postgres", "hot"],
+                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    try:
+        time.sleep(1)
+        with branch.connect() as conn:
+            conn.execute("SET statement_timeout = '25s'")
+            for n in range(5):
+                conn.execute(f"CREATE DATABASE hot_b{n} TEMPLATE hot")
+                assert all(load.poll() is None for load in loads), "every branch is made while pgbench writes"
+    finally:
+        outs = [load.communicate(timeout=120)[0] for load in loads]
+    for load, out in zip(loads, outs):
+        assert load.returncode == 0 and "aborted" not in out, out
+        failed = re.search(r"number of failed transactions: (\d+)", out)
+        assert failed is None or failed.group(1) == "0", out
+    for n in range(5):
+        db = f"hot_b{n}"
+        assert branch.one("SELECT (SELECT sum(v) FROM p1) = (SELECT sum(v) FROM p2)", dbname=db), db
+        assert amcheck(branch, db) != 0
+        branch.sql(f"DROP DATABASE {db}")
+    branch.sql("DROP DATABASE hot WITH (FORCE)")
+
+
 def test_thousands_of_relations_and_a_small_lock_table(branch):
     """A template with 1500 tables (3000 relations) exceeds a lock table of
     max_locks_per_transaction = 10: the error says which setting to raise,
