@@ -8,9 +8,11 @@
 #   sudo bench/run.sh live-template     pgbench writes to the template while 100 branches are made
 #   sudo bench/run.sh filesystems       1 GB template: btrfs snapshot, btrfs reflink, XFS reflink, core, disk growth
 #   sudo bench/run.sh hook-overhead     100 000 SET and CREATE TEMP TABLE ... ON COMMIT DROP, stock against pg_branch
+#   sudo bench/run.sh during-backup     a branch while pg_backup_start runs (written into WAL page by page), against
+#                                       the fast path and core's WAL_LOG and FILE_COPY
 #
 # Settings: SCALE (pgbench scale of the template); latency: RUNS;
-# live-template: SECONDS_PER_RUN, BRANCHES; filesystems: RUNS; hook-overhead: N, CHUNK; suite: SIZES
+# live-template: SECONDS_PER_RUN, BRANCHES; filesystems, during-backup: RUNS; hook-overhead: N, CHUNK; suite: SIZES
 # (pgbench scales, default "7 70 350"), RUNS, CORE_RUNS_LARGE, BRANCHES, PARTS;
 # PG_VERSION picks the server (default 15).
 set -euo pipefail
@@ -35,5 +37,6 @@ case "${1:-}" in
         exec "$VENV/bin/python" "$REPO/bench/filesystems.py"
         ;;
     hook-overhead) exec "$VENV/bin/python" "$REPO/bench/hook_overhead.py" ;;
-    *) die "usage: bench/run.sh suite|latency|live-template|filesystems|hook-overhead" ;;
+    during-backup) exec "$VENV/bin/python" "$REPO/bench/during_backup.py" ;;
+    *) die "usage: bench/run.sh suite|latency|live-template|filesystems|hook-overhead|during-backup" ;;
 esac
