@@ -86,10 +86,11 @@ class Cluster:
             f.write("\n".join(conf) + "\n" + self.extra_conf + "\n")
         return self
 
-    def start(self):
+    def start(self, wait_seconds=60):
         env = [f"{k}={v}" for k, v in self.env.items()]
         try:
-            as_postgres("env", *env, PG_BIN / "pg_ctl", "-D", self.data, "-l", self.root / "log", "-w", "-t", "60", "start")
+            as_postgres("env", *env, PG_BIN / "pg_ctl", "-D", self.data, "-l", self.root / "log", "-w",
+                        "-t", str(wait_seconds), "start")
         except subprocess.CalledProcessError as e:
             # What the server said is the only clue to why it did not start.
             log = (self.root / "log").read_text(errors="replace").splitlines()[-40:]

@@ -549,7 +549,7 @@ def test_pg_rewind_brings_back_an_old_primary_across_branches():
     the old primary goes, one only on the new primary is copied, and replay
     of the new primary's records rebuilds any directory with the same OID
     (it carries no mark of that record)."""
-    p = Cluster(mount("PG_BRANCH_TEST_BTRFS") / "pytest-rewind-p", 5510, extra_conf="wal_log_hints = on\nwal_keep_size = '1GB'").init().start()
+    p = Cluster(mount("PG_BRANCH_TEST_BTRFS") / "pytest-rewind-p", 5510, extra_conf="wal_log_hints = on\nwal_keep_size = '1GB'\nlog_min_messages = log").init().start()
     s = None
     try:
         p.sql("CREATE EXTENSION pg_branch")
@@ -585,7 +585,11 @@ def test_pg_rewind_brings_back_an_old_primary_across_branches():
             # port and socket again, and follow the new primary.
             f.write(f"port = {p.port}\nunix_socket_directories = '{p.sock}'\n"
                     f"primary_conninfo = 'host={s.sock} port={s.port} user=postgres'\narchive_mode = off\n")
-        p.start()
+        # A standby accepts connections once it is consistent: here after
+        # replaying, from the last common checkpoint, what the new primary
+        # streams to it. It once took over a minute on a loaded machine;
+        # the log (LOG level) says where the time goes if it happens again.
+        p.start(wait_seconds=180)
         wait_replayed(s, p)
         names = "SELECT datname FROM pg_database ORDER BY 1"
         assert p.sql(names) == s.sql(names)
