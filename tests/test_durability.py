@@ -14,7 +14,7 @@ import psycopg
 import pytest
 
 from conftest import LIBRARY, PG_BIN, Cluster, as_postgres, exclusive_bytes, is_subvolume, mount, wait_for
-from test_live_template import oracle
+from test_live_template import amcheck, oracle
 from test_protocol import Gdb
 
 
@@ -498,6 +498,55 @@ def test_a_base_backup_over_the_replication_protocol_is_seen(primary):
     finally:
         slow.terminate()
         primary.sql("DROP DATABASE IF EXISTS bk_proto")
+
+
+def test_an_incremental_backup_after_branching_restores_every_branch(primary):
+    """PostgreSQL 17's incremental backups send only the blocks that WAL
+    summaries say changed since the prior backup. Our record names no
+    block, and the summarizer does not read it; the backup must still
+    hold each branch whole: a branch made after the full backup has files
+    the prior manifest lacks (sent whole), and one that reuses a dropped
+    database's OID follows core's DROP record, which the summarizer marks
+    (the whole directory is sent again). Restored with pg_combinebackup,
+    every branch equals the primary's."""
+    if primary.one("SELECT current_setting('server_version_num')::int") < 170000:
+        pytest.skip("incremental backups are new in PostgreSQL 17")
+    root = mount("PG_BRANCH_TEST_BTRFS2")
+    dirs = {n: root / f"pytest-incremental-{n}" for n in ("full", "incr")}
+    restore = Cluster(root / "pytest-incremental-combined", 5527).fresh()
+    for d in dirs.values():
+        shutil.rmtree(d, ignore_errors=True)
+        d.mkdir()
+        shutil.chown(d, "postgres", "postgres")
+    primary.sql("ALTER SYSTEM SET summarize_wal = on")
+    primary.sql("SELECT pg_reload_conf()")
+    for db in ("inc_before", "inc_reused", "inc_new"):
+        primary.sql(f"DROP DATABASE IF EXISTS {db}")
+    try:
+        primary.sql("CREATE DATABASE inc_before TEMPLATE tpl")
+        backup = [PG_BIN / "pg_basebackup", "-c", "fast", "-h", primary.sock, "-p", primary.port, "-U", "postgres"]
+        as_postgres(*backup, "-D", dirs["full"])
+        reused = primary.one("SELECT oid FROM pg_database WHERE datname = 'inc_before'")
+        primary.sql("UPDATE pgbench_accounts SET abalance = abalance + 3 WHERE aid <= 500", dbname="inc_before")
+        primary.sql("DROP DATABASE inc_before")
+        primary.sql(f"CREATE DATABASE inc_reused OID = {reused} TEMPLATE tpl")
+        primary.sql("CREATE DATABASE inc_new TEMPLATE tpl")
+        primary.sql("UPDATE pgbench_accounts SET abalance = abalance - 2 WHERE aid > 99500", dbname="inc_new")
+        as_postgres(*backup, "-D", dirs["incr"], "--incremental", dirs["full"] / "backup_manifest")
+        as_postgres(PG_BIN / "pg_combinebackup", dirs["full"], dirs["incr"], "-o", restore.data)
+        with open(restore.data / "postgresql.conf", "a") as f:
+            f.write(f"port = {restore.port}\nunix_socket_directories = '{restore.sock}'\narchive_mode = off\n")
+        restore.start()
+        for db in ("inc_reused", "inc_new"):
+            assert accounts(restore, db) == accounts(primary, db), db
+            assert amcheck(restore, db) != 0
+        assert restore.one("SELECT count(*) FROM pg_database WHERE datname = 'inc_before'") == 0
+    finally:
+        restore.stop(mode="immediate", check=False)
+        primary.sql("ALTER SYSTEM RESET summarize_wal")
+        primary.sql("SELECT pg_reload_conf()")
+        for db in ("inc_before", "inc_reused", "inc_new"):
+            primary.sql(f"DROP DATABASE IF EXISTS {db}")
 
 
 def test_a_standby_restarting_before_a_branch_keeps_the_branch_it_built(primary):
