@@ -36,6 +36,13 @@ def as_postgres(*cmd, check=True, **kw):
                           capture_output=True, text=True, **kw)
 
 
+class ServerDidNotStart(subprocess.CalledProcessError):
+    """pg_ctl start failed; the message carries the end of the server log."""
+
+    def __str__(self):
+        return self.stderr
+
+
 class Cluster:
     """One PostgreSQL server in `root/data`, socket in `root/sock`."""
 
@@ -94,7 +101,8 @@ class Cluster:
         except subprocess.CalledProcessError as e:
             # What the server said is the only clue to why it did not start.
             log = (self.root / "log").read_text(errors="replace").splitlines()[-40:]
-            raise AssertionError(f"{self.data} did not start: {e.stderr.strip()}\n" + "\n".join(log)) from e
+            raise ServerDidNotStart(e.returncode, e.cmd, e.output,
+                                    f"{self.data} did not start: {e.stderr.strip()}\n" + "\n".join(log)) from e
         return self
 
     def stop(self, mode="fast", check=True):
