@@ -85,6 +85,12 @@ fn read_backups() -> Option<Backups> {
     }
 }
 
+/// How many base backups run on this server now, if core's count can be
+/// read (doctor.rs).
+pub fn running() -> Option<i32> {
+    read_backups().map(|b| b.running)
+}
+
 /// Whether any base backup overlapped the records written between
 /// `Watch::start` and `Watch::saw_backup`.
 ///

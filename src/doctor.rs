@@ -46,6 +46,7 @@ pub fn run() -> Vec<Check> {
     out.push(nested_subvolumes());
     out.push(full_page_writes());
     out.push(wal_record());
+    out.push(base_backups());
     let orphans = cleanup::orphans(cleanup::Purpose::List);
     out.extend(interrupted_conversions(&orphans));
     out.push(orphans_check(orphans));
@@ -456,6 +457,28 @@ fn full_page_writes() -> Check {
         )
         .hint("Set full_page_writes = on, or wal_level = minimal if no standby or archive needs this WAL."),
         _ => check(what, "ok", "on"),
+    }
+}
+
+fn base_backups() -> Check {
+    let what = "base backups";
+    match crate::backup::running() {
+        Some(0) => check(
+            what,
+            "ok",
+            "none running; a branch made while one runs is also written into WAL page by page, so that its replay rebuilds it exactly",
+        ),
+        Some(n) => check(
+            what,
+            "info",
+            format!("{n} running: until they end, each branch is also written into WAL page by page (as much WAL as its template's size)"),
+        ),
+        None => check(
+            what,
+            "warning",
+            "cannot read core's count of running backups on this server version: every branch is also written into WAL page by page",
+        )
+        .hint("Report the server version to pg_branch's maintainers; src/backup.rs names the offsets it expects."),
     }
 }
 

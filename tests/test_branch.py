@@ -228,7 +228,7 @@ def test_a_branch_made_while_a_backup_runs_is_written_into_wal_page_by_page(bran
     backups). pg_branch reads the count of running backups from core's
     shared memory at the place each version keeps it: here on every
     version, no page is written before or after a backup, and during one
-    exactly the template's pages are."""
+    exactly the template's pages are; doctor() says whether one runs."""
     for db in ("wal_t", "wal_b1", "wal_b2", "wal_b3"):
         branch.sql(f"DROP DATABASE IF EXISTS {db}")
     branch.sql("CREATE DATABASE wal_t")
@@ -239,11 +239,14 @@ def test_a_branch_made_while_a_backup_runs_is_written_into_wal_page_by_page(bran
                                  unnest(ARRAY['main', 'fsm', 'vm', 'init']) f
                            WHERE NOT c.relisshared""", dbname="wal_t")
     logged = "SELECT wal_logged_pages FROM pgbranch.last_branch()"
+    doctor = "SELECT status FROM pgbranch.doctor() WHERE item = 'base backups'"
     try:
         with branch.connect() as session, branch.connect() as backup:
             session.execute("CREATE DATABASE wal_b1 TEMPLATE wal_t")
             assert session.execute(logged).fetchone() == (0,)
+            assert session.execute(doctor).fetchone() == ("ok",)
             backup.execute("SELECT pg_backup_start('pages', true)")
+            assert session.execute(doctor).fetchone() == ("info",)
             session.execute("CREATE DATABASE wal_b2 TEMPLATE wal_t")
             assert session.execute(logged).fetchone() == (pages,)
             backup.execute("SELECT pg_backup_stop(false)")
