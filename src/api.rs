@@ -73,7 +73,7 @@ fn database_storage() -> TableIterator<
             };
             out.push((
                 name.clone(),
-                spcname(ts),
+                catalog::tablespace_name(ts),
                 path.display().to_string(),
                 fs_name(&path).unwrap_or("unknown").to_string(),
                 is_subvolume(&path).unwrap_or(false),
@@ -149,7 +149,7 @@ fn orphans() -> TableIterator<
             .into_iter()
             .map(|o| {
                 (
-                    spcname(o.tablespace),
+                    catalog::tablespace_name(o.tablespace),
                     o.path.display().to_string(),
                     dir_bytes(&o.path),
                     modified(&o.path),
@@ -187,7 +187,11 @@ fn remove_orphans() -> TableIterator<
                 ),
             );
         }
-        removed.push((spcname(o.tablespace), o.path.display().to_string(), bytes));
+        removed.push((
+            catalog::tablespace_name(o.tablespace),
+            o.path.display().to_string(),
+            bytes,
+        ));
     }
     if !removed.is_empty() {
         // As DROP DATABASE does before anyone can reuse the OID: put our
@@ -222,7 +226,7 @@ fn convert_to_subvolume(
     let dirs = convert::database(&name).unwrap_or_else(|skipped| skipped.raise());
     TableIterator::new(
         dirs.into_iter()
-            .map(|d| (spcname(d.tablespace), d.path, d.result)),
+            .map(|d| (catalog::tablespace_name(d.tablespace), d.path, d.result)),
     )
 }
 
@@ -261,7 +265,7 @@ fn convert_all_to_subvolumes() -> TableIterator<
             Ok(dirs) => out.extend(dirs.into_iter().map(|d| {
                 (
                     name.clone(),
-                    Some(spcname(d.tablespace)),
+                    Some(catalog::tablespace_name(d.tablespace)),
                     Some(d.path),
                     d.result,
                 )
@@ -387,13 +391,6 @@ fn modified(path: &std::path::Path) -> Option<TimestampWithTimeZone> {
     // PostgreSQL counts microseconds from 2000-01-01.
     let pg_epoch = 946_684_800_i64 * 1_000_000;
     TimestampWithTimeZone::try_from(since_unix.as_micros() as i64 - pg_epoch).ok()
-}
-
-pub fn spcname(ts: pg_sys::Oid) -> String {
-    // SAFETY: returns a palloc'd name or NULL for a dropped tablespace.
-    unsafe { ffi::cstring(pg_sys::get_tablespace_name(ts)) }
-        .map(|c| c.to_string_lossy().into_owned())
-        .unwrap_or_else(|| ts.to_u32().to_string())
 }
 
 extension_sql!(

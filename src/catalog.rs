@@ -376,3 +376,11 @@ pub fn copy_shared_dependencies(template: Oid, db: Oid) {
         pg_sys::copyTemplateDependencies(template, db);
     }
 }
+
+/// The name of tablespace `ts`, or its OID as text if it was dropped.
+pub fn tablespace_name(ts: Oid) -> String {
+    // SAFETY: returns a palloc'd name or NULL for a dropped tablespace.
+    unsafe { crate::ffi::cstring(pg_sys::get_tablespace_name(ts)) }
+        .map(|c| c.to_string_lossy().into_owned())
+        .unwrap_or_else(|| ts.to_u32().to_string())
+}

@@ -14,8 +14,9 @@
 //! connected, a checkpoint writes every dirty buffer and processes pending
 //! unlinks, the database's buffers are dropped, and after the swap every
 //! process closes the file descriptors it had for the old files. The
-//! swap is WAL-logged so that standbys convert their copy too; crash
-//! recovery finds the subvolume already in place and does nothing.
+//! swap is WAL-logged so that standbys convert their copy too (the redo
+//! is in wal.rs); crash recovery finds the subvolume already in place and
+//! does nothing.
 //!
 //! The directory's name and contents are the same before and after, so
 //! nothing in the catalog changes. The conversion is not transactional:
@@ -189,7 +190,7 @@ fn convert_locked(db: Oid, name: &CStr) -> Result<Vec<DirResult>, Skipped> {
                 result: "already a subvolume".into(),
             }),
             Err(e) => {
-                release_file_handles();
+                ffi::release_file_handles();
                 Report::new(file_error_code(e.raw_os_error()), e.to_string())
                     .detail(format!(
                         "Converting database \"{name}\" to a subvolume; \"{}\" is unchanged.",
@@ -199,24 +200,11 @@ fn convert_locked(db: Oid, name: &CStr) -> Result<Vec<DirResult>, Skipped> {
             }
         }
     }
-    release_file_handles();
+    ffi::release_file_handles();
     // Make the record durable now: the swap on disk already is.
     // SAFETY: flushes WAL up to a position we wrote.
     unsafe { pg_sys::XLogFlush(last) };
     Ok(out)
-}
-
-/// Make every process, this one included, close the file descriptors it
-/// holds for relation files, as movedb() and DROP DATABASE's redo do. A
-/// descriptor opened before the swap names the old, now deleted, file:
-/// a write through it would be lost.
-pub fn release_file_handles() {
-    // SAFETY: the server's own barrier protocol; waiting absorbs our own.
-    unsafe {
-        pg_sys::WaitForProcSignalBarrier(pg_sys::EmitProcSignalBarrier(
-            pg_sys::ProcSignalBarrierType::PROCSIGNAL_BARRIER_SMGRRELEASE,
-        ));
-    }
 }
 
 /// Core's `errdetail_busy_db()`.
@@ -229,55 +217,5 @@ fn busy_detail(others: i32, prepared: i32) -> String {
         (o, _) if o > 0 => format!("There are {o} other sessions using the database."),
         (_, 1) => "There is 1 prepared transaction using the database.".into(),
         (_, p) => format!("There are {p} prepared transactions using the database."),
-    }
-}
-
-/// Redo of a conversion: convert the replaying server's own copy, if it is
-/// a plain directory on btrfs; otherwise keep it, since its contents are
-/// right either way.
-pub fn redo(db: Oid, tablespace: Oid) {
-    let path = ffi::database_path(db, tablespace);
-    let log = |m: String| pgrx::ereport!(LOG, PgSqlErrorCode::ERRCODE_SUCCESSFUL_COMPLETION, m);
-    if !path.is_dir() {
-        return;
-    }
-    // A replay of this record that a crash interrupted after its swap
-    // finds the subvolume in place, and the old directory next to it.
-    if let Err(e) = remove_convert_leftover(&path) {
-        pgrx::ereport!(
-            WARNING,
-            PgSqlErrorCode::ERRCODE_IO_ERROR,
-            format!("pg_branch redo: {e}")
-        );
-    }
-    if pg_branch_storage::is_subvolume(&path).unwrap_or(false) {
-        return;
-    }
-    // Replay's changes to this database reach the old files before their
-    // reflinks are taken. Hot-standby readers may keep reading meanwhile:
-    // old and new files hold the same bytes.
-    // SAFETY: plain OID argument.
-    unsafe { pg_sys::FlushDatabaseBuffers(db) };
-    let outcome = convert_to_subvolume(&path);
-    // Whatever happened, descriptors for the old files must go (a failure
-    // may come after the swap).
-    release_file_handles();
-    match outcome {
-        Ok(Converted::Converted { files, left_behind }) => {
-            log(format!(
-                "pg_branch redo: converted \"{}\" to a subvolume ({files} files){}",
-                path.display(),
-                left_behind.map(|e| format!("; {e}")).unwrap_or_default()
-            ));
-        }
-        Ok(Converted::AlreadySubvolume) => {}
-        Err(e) => pgrx::ereport!(
-            WARNING,
-            PgSqlErrorCode::ERRCODE_IO_ERROR,
-            format!(
-                "pg_branch redo: kept \"{}\" as a plain directory: {e}",
-                path.display()
-            )
-        ),
     }
 }

@@ -86,7 +86,7 @@ fn enabled() -> Check {
 /// Where new databases in a tablespace go, and whether files can be cloned
 /// there; the mount options that matter.
 fn tablespace(ts: Oid) -> Check {
-    let name = crate::api::spcname(ts);
+    let name = catalog::tablespace_name(ts);
     let dir = catalog::tablespace_dir(ts);
     let what = format!("tablespace {name}");
     if !dir.is_dir() {

@@ -239,3 +239,16 @@ pub fn database_path(db: pg_sys::Oid, tablespace: pg_sys::Oid) -> std::path::Pat
     let p = unsafe { CStr::from_ptr(pg_sys::GetDatabasePath(db, tablespace)) };
     std::path::PathBuf::from(std::ffi::OsStr::from_bytes(p.to_bytes()))
 }
+
+/// Make every process, this one included, close the file descriptors it
+/// holds for relation files, as movedb() and DROP DATABASE's redo do. A
+/// descriptor opened before the swap names the old, now deleted, file:
+/// a write through it would be lost.
+pub fn release_file_handles() {
+    // SAFETY: the server's own barrier protocol; waiting absorbs our own.
+    unsafe {
+        pg_sys::WaitForProcSignalBarrier(pg_sys::EmitProcSignalBarrier(
+            pg_sys::ProcSignalBarrierType::PROCSIGNAL_BARRIER_SMGRRELEASE,
+        ));
+    }
+}

@@ -1,6 +1,10 @@
 //! WAL records for a branch: pg_branch's own resource manager, or core's
 //! FILE_COPY record (`pg_branch.wal_record`).
 //!
+//! This module owns pg_branch's resource manager: writing its records
+//! (`BRANCH_CREATE`, `BRANCH_CONVERT`) and replaying them. The conversion
+//! itself is convert.rs's; its redo is here, with the other.
+//!
 //! One record per tablespace directory of the branch, written while the
 //! writer fence is up, after the clone is complete and durable:
 //!
@@ -39,7 +43,8 @@
 use crate::ffi;
 use crate::gucs;
 use pg_branch_storage::{
-    clone_dir, errno_text, probe, record_mark, remove_dir, set_record_mark, Method, REDO_SUFFIX,
+    clone_dir, convert_to_subvolume, errno_text, probe, record_mark, remove_convert_leftover,
+    remove_dir, set_record_mark, Converted, Method, REDO_SUFFIX,
 };
 use pgrx::pg_sys::{self, Oid};
 use pgrx::prelude::*;
@@ -385,7 +390,7 @@ unsafe extern "C-unwind" fn redo(record: *mut pg_sys::XLogReaderState) {
     let info = decode::<u8>(record).0;
     if info == XLOG_BRANCH_CONVERT {
         if let (_, Some(rec)) = decode::<ConvertRecord>(record) {
-            crate::convert::redo(rec.db_id, rec.tablespace_id);
+            redo_convert(rec.db_id, rec.tablespace_id);
             return;
         }
     }
@@ -446,7 +451,7 @@ unsafe extern "C-unwind" fn redo(record: *mut pg_sys::XLogReaderState) {
         // As dbase_redo() before it replaces a directory: every process
         // (hot-standby readers) closes the file descriptors it holds, so
         // none keeps writing to, or reading, a file we remove.
-        crate::convert::release_file_handles();
+        ffi::release_file_handles();
         remove_or_fail(&dst);
     }
     let parent = dst.parent().map(|p| p.to_path_buf()).unwrap_or_default();
@@ -523,6 +528,56 @@ unsafe extern "C-unwind" fn redo(record: *mut pg_sys::XLogReaderState) {
         src.display(),
         rec.method()
     ));
+}
+
+/// Redo of a conversion: convert the replaying server's own copy, if it is
+/// a plain directory on btrfs; otherwise keep it, since its contents are
+/// right either way.
+fn redo_convert(db: Oid, tablespace: Oid) {
+    let path = ffi::database_path(db, tablespace);
+    let log = |m: String| pgrx::ereport!(LOG, PgSqlErrorCode::ERRCODE_SUCCESSFUL_COMPLETION, m);
+    if !path.is_dir() {
+        return;
+    }
+    // A replay of this record that a crash interrupted after its swap
+    // finds the subvolume in place, and the old directory next to it.
+    if let Err(e) = remove_convert_leftover(&path) {
+        pgrx::ereport!(
+            WARNING,
+            PgSqlErrorCode::ERRCODE_IO_ERROR,
+            format!("pg_branch redo: {e}")
+        );
+    }
+    if pg_branch_storage::is_subvolume(&path).unwrap_or(false) {
+        return;
+    }
+    // Replay's changes to this database reach the old files before their
+    // reflinks are taken. Hot-standby readers may keep reading meanwhile:
+    // old and new files hold the same bytes.
+    // SAFETY: plain OID argument.
+    unsafe { pg_sys::FlushDatabaseBuffers(db) };
+    let outcome = convert_to_subvolume(&path);
+    // Whatever happened, descriptors for the old files must go (a failure
+    // may come after the swap).
+    ffi::release_file_handles();
+    match outcome {
+        Ok(Converted::Converted { files, left_behind }) => {
+            log(format!(
+                "pg_branch redo: converted \"{}\" to a subvolume ({files} files){}",
+                path.display(),
+                left_behind.map(|e| format!("; {e}")).unwrap_or_default()
+            ));
+        }
+        Ok(Converted::AlreadySubvolume) => {}
+        Err(e) => pgrx::ereport!(
+            WARNING,
+            PgSqlErrorCode::ERRCODE_IO_ERROR,
+            format!(
+                "pg_branch redo: kept \"{}\" as a plain directory: {e}",
+                path.display()
+            )
+        ),
+    }
 }
 
 /// Core's `recovery_create_dbdir(path, only_tblspc)` (dbcommands.c).
