@@ -8,7 +8,8 @@
 //! different request there: the kernel answers ENOTTY, and a probe would
 //! take it for a filesystem that cannot clone.
 
-#[cfg(any(
+/// Whether this architecture has the 3-direction-bit layout.
+const THREE_DIRECTION_BITS: bool = cfg!(any(
     target_arch = "powerpc",
     target_arch = "powerpc64",
     target_arch = "mips",
@@ -17,26 +18,12 @@
     target_arch = "mips64r6",
     target_arch = "sparc",
     target_arch = "sparc64",
-))]
-mod layout {
-    pub const SIZE_BITS: u64 = 13;
-    pub const WRITE: u64 = 4;
-    pub const READ: u64 = 2;
-}
+));
 
-#[cfg(not(any(
-    target_arch = "powerpc",
-    target_arch = "powerpc64",
-    target_arch = "mips",
-    target_arch = "mips32r6",
-    target_arch = "mips64",
-    target_arch = "mips64r6",
-    target_arch = "sparc",
-    target_arch = "sparc64",
-)))]
 mod layout {
-    pub const SIZE_BITS: u64 = 14;
-    pub const WRITE: u64 = 1;
+    use super::THREE_DIRECTION_BITS;
+    pub const SIZE_BITS: u64 = if THREE_DIRECTION_BITS { 13 } else { 14 };
+    pub const WRITE: u64 = if THREE_DIRECTION_BITS { 4 } else { 1 };
     pub const READ: u64 = 2;
 }
 
