@@ -7,11 +7,13 @@ root), and reached over a Unix socket in its own directory.
 """
 
 import os
+import re
 import shutil
 import signal
 import subprocess
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import psycopg
@@ -313,3 +315,91 @@ def frozen_horizon_holds(request):
         c = request.getfixturevalue("branch")
         c.sql("CHECKPOINT")
         assert c.one(HORIZON_VIOLATIONS) == "", "a database is older than the cluster's oldest XID"
+
+
+@contextmanager
+def checkpointer_stopped(cluster):
+    pid = cluster.one("SELECT pid FROM pg_stat_activity WHERE backend_type = 'checkpointer'")
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.kill(pid, signal.SIGCONT)
+
+
+def oracle(cluster, db):
+    """pgbench's TPC-B invariant, and amcheck on every btree and table."""
+    sums = cluster.sql("""SELECT (SELECT sum(abalance) FROM pgbench_accounts), (SELECT sum(tbalance) FROM pgbench_tellers),
+                                 (SELECT sum(bbalance) FROM pgbench_branches), (SELECT coalesce(sum(delta), 0) FROM pgbench_history),
+                                 (SELECT count(*) FROM pgbench_history)""", dbname=db)[0]
+    assert sums[0] == sums[1] == sums[2] == sums[3], f"{db}: {sums}"
+    assert amcheck(cluster, db) != 0
+    return sums[4]
+
+
+def amcheck(cluster, db):
+    """bt_index_check(heapallindexed) on every valid btree index and
+    verify_heapam on every table; returns how many indexes were checked,
+    or -1 where amcheck is not installed (PostgreSQL 16 from the pgserver
+    wheel has no contrib modules)."""
+    if not cluster.has_contrib("amcheck"):
+        return -1
+    # Not on a standby, which replays the branch with amcheck in it.
+    if not cluster.one("SELECT pg_is_in_recovery()", dbname=db):
+        cluster.sql("CREATE EXTENSION IF NOT EXISTS amcheck", dbname=db)
+    checked = cluster.one("""SELECT count(bt_index_check(c.oid, true)) FROM pg_index i
+                               JOIN pg_class c ON c.oid = i.indexrelid
+                               JOIN pg_am am ON am.oid = c.relam
+                              WHERE am.amname = 'btree' AND i.indisvalid""", dbname=db)
+    corrupt = cluster.sql("""SELECT c.relname, v.* FROM pg_class c, verify_heapam(c.oid) v
+                              WHERE c.relkind IN ('r', 'm', 't')""", dbname=db)
+    assert corrupt == [], f"{db}: {corrupt}"
+    return checked
+
+
+class Gdb:
+    """gdb attached to one server process, driven line by line: the
+    deterministic way to hold a checkpoint at a chosen step."""
+
+    def __init__(self, pid):
+        self.proc = subprocess.Popen(["gdb", "-q", "-nx", "-p", str(pid)], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
+        self.lines = []
+        threading.Thread(target=self._read, daemon=True).start()
+        self.send("set pagination off", "set confirm off", "handle SIGUSR1 SIGUSR2 SIGINT SIGTERM SIGHUP nostop noprint pass")
+
+    def _read(self):
+        for line in self.proc.stdout:
+            self.lines.append(line)
+
+    def send(self, *commands):
+        for c in commands:
+            self.proc.stdin.write(c + "\n")
+        self.proc.stdin.flush()
+
+    def run(self, *commands):
+        """Send `commands`, the last of which is `continue`, and return once
+        the process runs again."""
+        before = sum("Continuing." in line for line in self.lines)
+        self.send(*commands)
+        assert wait_for(lambda: sum("Continuing." in line for line in self.lines) > before), "".join(self.lines)
+
+    def stopped_at(self, function):
+        """Whether a breakpoint in `function` has been hit: "Breakpoint N,
+        0x... in function ()" without debug symbols (Debian's PostgreSQL 15),
+        "Breakpoint N, function (args) at file.c:line" with them (the
+        versions scripts/postgres.sh builds)."""
+        hit = re.compile(rf"Breakpoint \d+, (0x[0-9a-f]+ in )?{re.escape(function)} \(")
+        return any(hit.search(line) for line in self.lines)
+
+    def close(self):
+        """Detach (removing every breakpoint first) and quit; kill gdb only
+        if it does not quit: a tracer killed with breakpoints still in
+        place would leave them to trap the process."""
+        if self.proc.poll() is None:
+            try:
+                self.send("delete", "detach", "quit")
+                self.proc.wait(10)
+            except (OSError, subprocess.TimeoutExpired):
+                self.proc.kill()
+        self.proc.wait()

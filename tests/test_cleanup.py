@@ -6,25 +6,12 @@ branch's directory already made and WAL-logged; then the statement is
 cancelled (ERROR) or its backend terminated (FATAL).
 """
 
-import os
-import signal
 import threading
-from contextlib import contextmanager
 
 import psycopg
 import pytest
 
-from conftest import wait_for
-
-
-@contextmanager
-def checkpointer_stopped(cluster):
-    pid = cluster.one("SELECT pid FROM pg_stat_activity WHERE backend_type = 'checkpointer'")
-    os.kill(pid, signal.SIGSTOP)
-    try:
-        yield
-    finally:
-        os.kill(pid, signal.SIGCONT)
+from conftest import checkpointer_stopped, wait_for
 
 
 

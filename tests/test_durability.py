@@ -13,9 +13,7 @@ import time
 import psycopg
 import pytest
 
-from conftest import LIBRARY, PG_BIN, Cluster, as_postgres, exclusive_bytes, is_subvolume, mount, wait_for
-from test_live_template import amcheck, oracle
-from test_protocol import Gdb
+from conftest import LIBRARY, PG_BIN, Cluster, Gdb, amcheck, as_postgres, exclusive_bytes, is_subvolume, mount, oracle, wait_for
 
 
 def pgbench_init(cluster, db, scale=1):

@@ -14,7 +14,7 @@ import time
 import psycopg
 import pytest
 
-from conftest import PG_BIN, Background, Cluster, as_postgres, mount, wait_for, waiting_on_lock
+from conftest import PG_BIN, Background, Cluster, amcheck, as_postgres, mount, oracle, wait_for, waiting_on_lock
 
 
 
@@ -210,35 +210,6 @@ def test_concurrent_ddl_on_the_template(branch, live):
             assert branch.one(f"SELECT count(*) FROM {rel}", dbname=db) in (0, 100)
         assert amcheck(branch, db) != 0
 
-
-def oracle(cluster, db):
-    """pgbench's TPC-B invariant, and amcheck on every btree and table."""
-    sums = cluster.sql("""SELECT (SELECT sum(abalance) FROM pgbench_accounts), (SELECT sum(tbalance) FROM pgbench_tellers),
-                                 (SELECT sum(bbalance) FROM pgbench_branches), (SELECT coalesce(sum(delta), 0) FROM pgbench_history),
-                                 (SELECT count(*) FROM pgbench_history)""", dbname=db)[0]
-    assert sums[0] == sums[1] == sums[2] == sums[3], f"{db}: {sums}"
-    assert amcheck(cluster, db) != 0
-    return sums[4]
-
-
-def amcheck(cluster, db):
-    """bt_index_check(heapallindexed) on every valid btree index and
-    verify_heapam on every table; returns how many indexes were checked,
-    or -1 where amcheck is not installed (PostgreSQL 16 from the pgserver
-    wheel has no contrib modules)."""
-    if not cluster.has_contrib("amcheck"):
-        return -1
-    # Not on a standby, which replays the branch with amcheck in it.
-    if not cluster.one("SELECT pg_is_in_recovery()", dbname=db):
-        cluster.sql("CREATE EXTENSION IF NOT EXISTS amcheck", dbname=db)
-    checked = cluster.one("""SELECT count(bt_index_check(c.oid, true)) FROM pg_index i
-                               JOIN pg_class c ON c.oid = i.indexrelid
-                               JOIN pg_am am ON am.oid = c.relam
-                              WHERE am.amname = 'btree' AND i.indisvalid""", dbname=db)
-    corrupt = cluster.sql("""SELECT c.relname, v.* FROM pg_class c, verify_heapam(c.oid) v
-                              WHERE c.relkind IN ('r', 'm', 't')""", dbname=db)
-    assert corrupt == [], f"{db}: {corrupt}"
-    return checked
 
 
 def test_oracle_branches_under_pgbench_load(branch):

@@ -70,7 +70,7 @@ gdb.execute("continue")
 """
 
 
-class Gdb:
+class ScriptedGdb:
     """gdb attached to backend `pid`, stopping it in one of `functions`
     whenever the Python expressions `filter` (which calls count) and `when`
     (which of those stop) hold. They see `fn` (the function hit), `stops`
@@ -209,7 +209,7 @@ def test_orphans_never_take_a_database_altered_during_the_scan(fresh, tmp_path, 
     scanner = Session(c, "orphan_scan")
     # Stop the scan of pg_database when it asks for its second tuple of
     # page 1: page 0 is behind it, the victim's row still ahead.
-    gdb = Gdb(tmp_path, scanner.pid, ["systable_getnext"], PG_DATABASE_SCAN,
+    gdb = ScriptedGdb(tmp_path, scanner.pid, ["systable_getnext"], PG_DATABASE_SCAN,
               f"self.matches == {on_page0 + 2}")
     alter = None
     try:
@@ -263,14 +263,14 @@ def test_doctor_leaves_no_buffer_of_a_database_being_dropped_or_moved(fresh, tmp
     # in registers, its dbOid in the high half of the first one. Stop 1: the
     # first page doctor reads of another database; stop 2: the first page
     # of the victim's.
-    gdb_doctor = Gdb(tmp_path, doctor.pid, ["ReadBufferWithoutRelcache"], "from_pg_branch",
+    gdb_doctor = ScriptedGdb(tmp_path, doctor.pid, ["ReadBufferWithoutRelcache"], "from_pg_branch",
                      f"(rdi >> 32) != {oid} and stops == 0 or (rdi >> 32) == {oid} and stops == 1")
     # Stop 1: the DDL has emitted the barrier that makes every backend
     # close its files, and is about to wait for it; stop 2: it has dropped
     # the victim's buffers (and, SET TABLESPACE, copied its files, run its
     # last checkpoint and committed) and is about to remove its old files.
     ddl_session = Session(c, "ddl")
-    gdb_ddl = Gdb(tmp_path, ddl_session.pid, ["WaitForProcSignalBarrier", "rmtree"], "True",
+    gdb_ddl = ScriptedGdb(tmp_path, ddl_session.pid, ["WaitForProcSignalBarrier", "rmtree"], "True",
                   "fn == 'WaitForProcSignalBarrier' and stops == 0 or fn == 'rmtree' and stops == 1")
     try:
         doctor.start("SELECT item, status, detail FROM pgbranch.doctor()")

@@ -7,7 +7,6 @@ before the fence, row lockers let through, shared dependencies copied too
 early, filesystem probes before the privilege checks.
 """
 
-import re
 import shutil
 import subprocess
 import threading
@@ -15,10 +14,8 @@ import threading
 import psycopg
 import pytest
 
-from conftest import (PG_BIN, HORIZON_VIOLATIONS, Background, Cluster, as_postgres, is_subvolume, mount, tablespace, wait_for,
-                      waiting_on_lock)
-from test_live_template import oracle
-from test_cleanup import checkpointer_stopped
+from conftest import (PG_BIN, HORIZON_VIOLATIONS, Background, Cluster, Gdb, as_postgres, checkpointer_stopped, is_subvolume,
+                      mount, oracle, tablespace, wait_for, waiting_on_lock)
 
 
 def waiting(cluster, application_name, wait_event_type):
@@ -273,53 +270,6 @@ def test_no_right_to_copy_no_probe(ext4, core):
             c.sql("DROP DATABASE IF EXISTS proto_private")
             c.sql("DROP ROLE IF EXISTS proto_creator")
 
-
-class Gdb:
-    """gdb attached to one server process, driven line by line: the
-    deterministic way to hold a checkpoint at a chosen step."""
-
-    def __init__(self, pid):
-        self.proc = subprocess.Popen(["gdb", "-q", "-nx", "-p", str(pid)], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
-        self.lines = []
-        threading.Thread(target=self._read, daemon=True).start()
-        self.send("set pagination off", "set confirm off", "handle SIGUSR1 SIGUSR2 SIGINT SIGTERM SIGHUP nostop noprint pass")
-
-    def _read(self):
-        for line in self.proc.stdout:
-            self.lines.append(line)
-
-    def send(self, *commands):
-        for c in commands:
-            self.proc.stdin.write(c + "\n")
-        self.proc.stdin.flush()
-
-    def run(self, *commands):
-        """Send `commands`, the last of which is `continue`, and return once
-        the process runs again."""
-        before = sum("Continuing." in line for line in self.lines)
-        self.send(*commands)
-        assert wait_for(lambda: sum("Continuing." in line for line in self.lines) > before), "".join(self.lines)
-
-    def stopped_at(self, function):
-        """Whether a breakpoint in `function` has been hit: "Breakpoint N,
-        0x... in function ()" without debug symbols (Debian's PostgreSQL 15),
-        "Breakpoint N, function (args) at file.c:line" with them (the
-        versions scripts/postgres.sh builds)."""
-        hit = re.compile(rf"Breakpoint \d+, (0x[0-9a-f]+ in )?{re.escape(function)} \(")
-        return any(hit.search(line) for line in self.lines)
-
-    def close(self):
-        """Detach (removing every breakpoint first) and quit; kill gdb only
-        if it does not quit: a tracer killed with breakpoints still in
-        place would leave them to trap the process."""
-        if self.proc.poll() is None:
-            try:
-                self.send("delete", "detach", "quit")
-                self.proc.wait(10)
-            except (OSError, subprocess.TimeoutExpired):
-                self.proc.kill()
-        self.proc.wait()
 
 
 def test_crash_recovery_after_an_oid_is_reused_keeps_the_branch():
