@@ -457,6 +457,7 @@ unsafe extern "C-unwind" fn redo(record: *mut pg_sys::XLogReaderState) {
     let parent = dst.parent().map(|p| p.to_path_buf()).unwrap_or_default();
     create_missing_dir(&parent, true);
     create_missing_dir(&src, false);
+    warn_if_restoring_a_standby_backup(&dst, (*record).ReadRecPtr);
     // Build under a temporary name and rename into place, so that a crash
     // of this replay never leaves a partial directory under the real name.
     let tmp = dst.with_extension(REDO_SUFFIX);
@@ -577,6 +578,46 @@ fn redo_convert(db: Oid, tablespace: Oid) {
                 path.display()
             )
         ),
+    }
+}
+
+/// Say so when this replay restores a backup taken on a standby and
+/// rebuilds a branch made while that backup ran: the primary could not see
+/// the backup, so it did not write the branch into WAL page by page
+/// (backup.rs), and the template the clone is taken from may hold pages
+/// the backup copied after the branch.
+///
+/// Such a replay runs before consistency, in archive recovery, and the
+/// backup's label (renamed backup_label.old once read) says `BACKUP FROM:
+/// standby` and starts at or before `record`. If the primary wrote the
+/// branch page by page after all, its records rebuild it anyway.
+fn warn_if_restoring_a_standby_backup(dst: &std::path::Path, record: pg_sys::XLogRecPtr) {
+    if !ffi::in_archive_recovery() || ffi::reached_consistency() {
+        return;
+    }
+    let Ok(label) = std::fs::read_to_string("backup_label.old") else {
+        return;
+    };
+    let from_standby = label.lines().any(|l| l.trim() == "BACKUP FROM: standby");
+    let start = label
+        .lines()
+        .find_map(|l| l.strip_prefix("START WAL LOCATION: "))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|lsn| lsn.split_once('/'))
+        .and_then(|(hi, lo)| {
+            Some((u64::from_str_radix(hi, 16).ok()? << 32) | u64::from_str_radix(lo, 16).ok()?)
+        });
+    if from_standby && start.is_some_and(|s| s <= record) {
+        crate::error::Report::new(
+            PgSqlErrorCode::ERRCODE_WARNING,
+            format!(
+                "pg_branch redo: \"{}\" was branched while this backup of a standby ran, and is rebuilt from its template as the backup holds it, which may include changes made after the branch",
+                dst.display()
+            ),
+        )
+        .detail("A primary writes a branch made during its own backups into WAL page by page; it cannot see a standby's.")
+        .hint("Drop this database and branch it again, or take backups from the primary.")
+        .warning();
     }
 }
 

@@ -473,6 +473,43 @@ def test_branches_made_while_a_backup_copies_a_live_template_are_exact(primary):
             primary.sql(f"DROP DATABASE IF EXISTS {db}")
 
 
+def test_restoring_a_standbys_backup_warns_of_branches_made_while_it_ran(primary):
+    """A backup taken on a standby is invisible to the primary, which so
+    does not write branches made meanwhile into WAL page by page; replay
+    of that backup rebuilds them from the template as the backup holds it.
+    The restore says so, with a WARNING naming the branch and what to do
+    (README: take backups from the primary)."""
+    standby = make_standby(primary, mount("PG_BRANCH_TEST_BTRFS2") / "pytest-sbackup-standby", 5528)
+    restore = Cluster(mount("PG_BRANCH_TEST_BTRFS2") / "pytest-sbackup-restore", 5529).fresh()
+    primary.sql("DROP DATABASE IF EXISTS sbk_1")
+    try:
+        with standby.connect() as backup:
+            backup.execute("SELECT pg_backup_start('standby', true)")
+            with primary.connect() as session:
+                session.execute("CREATE DATABASE sbk_1 TEMPLATE tpl")
+                assert session.execute("SELECT wal_logged_pages FROM pgbranch.last_branch()").fetchone() == (0,)
+            # A restartpoint after the branch, so that the backup ends
+            # (pg_control's minRecoveryPoint) after its record.
+            primary.sql("CHECKPOINT")
+            wait_replayed(primary, standby)
+            standby.sql("CHECKPOINT")
+            copy_data_directory(standby, restore)
+            (restore.data / "standby.signal").unlink()
+            label = backup.execute("SELECT labelfile FROM pg_backup_stop(false)").fetchone()[0]
+        wait_archived(primary)
+        prepare_restore(primary, restore, label)
+        restore.start()
+        assert wait_for(lambda: not restore.one("SELECT pg_is_in_recovery()"), 120)
+        log = (restore.root / "log").read_text()
+        oid = primary.one("SELECT oid FROM pg_database WHERE datname = 'sbk_1'")
+        assert f'"base/{oid}" was branched while this backup of a standby ran' in log, log[-3000:]
+        assert restore.one("SELECT count(*) FROM pg_database WHERE datname = 'sbk_1'") == 1
+    finally:
+        restore.stop(mode="immediate", check=False)
+        standby.stop(mode="immediate", check=False)
+        primary.sql("DROP DATABASE IF EXISTS sbk_1")
+
+
 def test_a_base_backup_over_the_replication_protocol_is_seen(primary):
     """pg_basebackup starts its backup in a walsender, not with
     pg_backup_start: a branch made while it runs is written into WAL page
