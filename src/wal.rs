@@ -34,11 +34,14 @@
 //! an earlier replay of this very record built (a standby that restarts
 //! replays from its last restartpoint, before the record) is kept, on
 //! every filesystem, because the template on disk may by then be newer
-//! than the record: redo marks the directory it builds with the record's
-//! timeline and start LSN (an extended attribute, `storage::set_record_mark`)
-//! before renaming it into place, and keeps a directory with that mark.
-//! Nothing else carries the mark (not pg_basebackup, pg_rewind or cp), so a
-//! copy made any other way is rebuilt.
+//! than the record: redo marks the directory it builds once the server is
+//! consistent (before that, the template it clones may be fuzzy) with the
+//! record's timeline and start LSN (an extended attribute,
+//! `storage::set_record_mark`) before renaming it into place, and keeps a
+//! directory with that mark. Nothing else carries the mark (not
+//! pg_basebackup, pg_rewind or rsync), so a copy made any other way is
+//! rebuilt. Branches made while a base backup ran are followed by their
+//! pages, in core's records (backup.rs).
 
 use crate::ffi;
 use crate::gucs;
