@@ -367,13 +367,16 @@ def test_an_anti_wraparound_autovacuum_is_waited_for_never_cancelled():
     neither does a branch: the fence waits for it to finish the table it
     holds (it takes its lock one table at a time), within lock_timeout and
     statement_timeout, and the log shows no cancelled task. The vacuum of
-    that one table is throttled to take minutes."""
+    that one table is throttled to take minutes; the table has
+    autovacuum_enabled = false, which anti-wraparound vacuums ignore, so
+    that no ordinary autovacuum of it (its 200 000 inserted rows call for
+    one) holds it first and keeps the anti-wraparound one away."""
     c = Cluster(mount("PG_BRANCH_TEST_BTRFS") / "pytest-av-wraparound", 5516, extra_conf="\n".join([
         "autovacuum_naptime = 1", "autovacuum_freeze_max_age = 100000", "log_autovacuum_min_duration = 0",
         "deadlock_timeout = '200ms'"])).init().start()
     try:
         c.sql("CREATE DATABASE avw")
-        c.sql("CREATE TABLE big WITH (autovacuum_vacuum_cost_delay = 100, autovacuum_vacuum_cost_limit = 1) AS "
+        c.sql("CREATE TABLE big WITH (autovacuum_enabled = false, autovacuum_vacuum_cost_delay = 100, autovacuum_vacuum_cost_limit = 1) AS "
               "SELECT g, repeat('x', 100) AS pad FROM generate_series(1, 200000) g", dbname="avw")
         c.sql("""CREATE PROCEDURE burn(n int) LANGUAGE plpgsql AS $$
                  BEGIN FOR i IN 1..n LOOP PERFORM pg_current_xact_id(); COMMIT; END LOOP; END $$""")
