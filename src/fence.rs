@@ -290,23 +290,40 @@ impl Fence {
         let described = describe(&holders);
         let db_display = db_name.to_string_lossy().into_owned();
         let rel_display = rel_name.to_string();
-        PgTryBuilder::new(|| {
-            for _ in 0..rounds {
-                if try_lock(&tag) {
-                    return;
+        // Wait for the holders of this moment, outside the queue, `rounds`
+        // times, then join the queue; true once the lock is ours.
+        let wait_outside = |rounds: usize| {
+            PgTryBuilder::new(|| {
+                for _ in 0..rounds {
+                    if try_lock(&tag) {
+                        return true;
+                    }
+                    wait_for_holders(&tag);
+                    check_for_interrupts!();
                 }
-                wait_for_holders(&tag);
-                check_for_interrupts!();
+                try_lock(&tag)
+            })
+            .catch_when(PgSqlErrorCode::ERRCODE_LOCK_NOT_AVAILABLE, |e| {
+                lock_timeout_error(&e, &holders, &described, &rel_display, &db_display)
+            })
+            .execute()
+        };
+        if wait_outside(rounds) {
+            self.held.push(rel);
+            return;
+        }
+        // In the queue, new writers wait behind us; never stay there longer
+        // than deadlock_timeout / 2 at a time (`queue_for`), or a client
+        // that holds this relation while it waits for one of those writers
+        // (one thread driving two sessions) would wait for us forever, and
+        // we for it. Out of the queue, that writer gets its lock, and the
+        // holder can finish.
+        while !self.queue_for(rel, &OrderedRound::start(), rel_name, db_name) {
+            if wait_outside(1) {
+                self.held.push(rel);
+                return;
             }
-            // SAFETY: a blocking LockAcquire; lock_timeout, cancellation
-            // and deadlock errors unwind to the catch below.
-            unsafe { pg_sys::LockAcquire(&tag, FENCE_LOCK, false, false) };
-        })
-        .catch_when(PgSqlErrorCode::ERRCODE_LOCK_NOT_AVAILABLE, |e| {
-            lock_timeout_error(&e, &holders, &described, &rel_display, &db_display)
-        })
-        .execute();
-        self.held.push(rel);
+        }
     }
 }
 
