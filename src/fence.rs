@@ -210,8 +210,6 @@ impl Fence {
             left
         };
         let tag = relation_tag(self.db, rel);
-        let holders = holders(self.db, rel);
-        let described = describe(&holders);
         // SAFETY: as above.
         unsafe { pg_sys::LockTimeout = ours };
         let taken = PgTryBuilder::new(|| {
@@ -225,10 +223,13 @@ impl Fence {
             // SAFETY: as above.
             unsafe { pg_sys::LockTimeout = user_timeout };
             if ours == user_timeout {
+                // Who holds it, read only for the error (a round may call
+                // this many times): they still hold it now.
+                let holders = holders(self.db, rel);
                 lock_timeout_error(
                     &e,
                     &holders,
-                    &described,
+                    &describe(&holders),
                     rel_name,
                     &db_name.to_string_lossy(),
                 );
@@ -256,7 +257,8 @@ impl Fence {
     /// for lockers), then try again without waiting; writers go on
     /// meanwhile. Under a steady stream of short write transactions some
     /// transaction nearly always holds the lock, so after [`QUEUE_AFTER`]
-    /// rounds we join the queue: the holders of that moment finish within
+    /// rounds we join the queue, for at most deadlock_timeout / 2 at a time
+    /// (`queue_for`): the holders of that moment finish within
     /// milliseconds, and new writers wait behind us only that long.
     fn wait_alone(&mut self, rel: Oid, rel_name: &str, db_name: &CStr) {
         self.release_all();
@@ -291,7 +293,7 @@ impl Fence {
         let db_display = db_name.to_string_lossy().into_owned();
         let rel_display = rel_name.to_string();
         // Wait for the holders of this moment, outside the queue, `rounds`
-        // times, then join the queue; true once the lock is ours.
+        // times, and try once more; true once the lock is ours.
         let wait_outside = |rounds: usize| {
             PgTryBuilder::new(|| {
                 for _ in 0..rounds {
