@@ -284,16 +284,12 @@ fn log_pages(
             )
         };
         block += n as u32;
-        check_for_interrupts_here();
+        pgrx::check_for_interrupts!();
         if n < BATCH {
             break;
         }
     }
     (block - first) as i64
-}
-
-fn check_for_interrupts_here() {
-    pgrx::check_for_interrupts!();
 }
 
 fn file_error(path: &std::path::Path, e: &std::io::Error) -> ! {
