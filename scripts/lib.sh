@@ -62,6 +62,20 @@ mount_ext4() { mount_image ext4 2G mkfs.ext4 -q; }
 # fs_type DIR: the filesystem type of DIR (btrfs, xfs, ext4, ...).
 fs_type() { stat -f -c %T "$1"; }
 
+# pgrx_test: the `cargo pgrx test` suite (src/pg_tests/) for $PG_VERSION.
+# pgrx-tests starts its own server as user postgres (through sudo) with
+# its data directory under $PG_BRANCH_TEST_BTRFS/pgrx, and installs a test
+# build of the extension there first (the old library unlinked, as below).
+pgrx_test() {
+    local data="$PG_BRANCH_TEST_BTRFS/pgrx"
+    mkdir -p "$data" && chmod 777 "$data"
+    rm -f "$("$PG_CONFIG" --pkglibdir)/pg_branch.so"
+    local target="$REPO/target" flags=()
+    [ "$PG_VERSION" = 15 ] || { target="$REPO/target/pg$PG_VERSION"; flags=(--no-default-features); }
+    (cd "$REPO" && CARGO_TARGET_DIR="$target" CARGO_PGRX_TEST_RUNAS=postgres CARGO_PGRX_TEST_PGDATA="$data" \
+        cargo pgrx test "pg$PG_VERSION" "${flags[@]}")
+}
+
 # install_extension [--release]: build pg_branch for $PG_VERSION and
 # install it there (each version builds in its own target directory).
 # The old library is unlinked first: cargo pgrx rewrites it in place, and a

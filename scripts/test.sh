@@ -2,15 +2,17 @@
 # The whole test suite, as CI runs it: installs what is missing (PostgreSQL
 # 16-18 included, cached after the first run), mounts btrfs, XFS (reflink)
 # and ext4 loop images, checks formatting and lints for every PostgreSQL
-# version, runs the storage tests on the real filesystems, then the server
-# tests against real clusters of each version. Run as root.
+# version, runs the storage tests on the real filesystems, then for each
+# version the pgrx suite (src/pg_tests/: one server, the SQL API, settings,
+# option parsing and the hook's decisions) and the server tests (tests/:
+# real clusters, crashes, standbys, backups, filesystems). Run as root.
 #
 #   scripts/test.sh                          everything
 #   scripts/test.sh -k parity                only the server tests matching "parity"
 #   PG_VERSIONS=18 scripts/test.sh           one PostgreSQL version
 #
 # PostgreSQL 15 and 18 run every server test; 16 and 17 run the parity,
-# fidelity, branch, filesystem and live-template suites (FULL_VERSIONS,
+# fidelity, branch, filesystem, live-template and upgrade suites (FULL_VERSIONS,
 # SOME_TESTS). Every version then runs PostgreSQL's own regression suite
 # with and without pg_branch (scripts/regress.sh), one counted step each.
 set -euo pipefail
@@ -20,7 +22,8 @@ cd "$REPO"
 
 PG_VERSIONS=${PG_VERSIONS:-15 18 16 17}
 FULL_VERSIONS=${FULL_VERSIONS:-15 18}
-SOME_TESTS=(tests/test_parity.py tests/test_fidelity.py tests/test_branch.py tests/test_filesystems.py tests/test_live_template.py)
+SOME_TESTS=(tests/test_parity.py tests/test_fidelity.py tests/test_branch.py tests/test_filesystems.py tests/test_live_template.py
+            tests/test_upgrade.py)
 
 bash scripts/setup.sh
 for v in $PG_VERSIONS; do
@@ -34,6 +37,11 @@ PG_BRANCH_TEST_XFS=$(mount_xfs)
 PG_BRANCH_TEST_EXT4=$(mount_ext4)
 
 passed=0 failed=0 skipped=0
+count_cargo_tests() { # cargo prints one "test result: ok. N passed; M failed" line per binary
+    local p f
+    read -r p f < <(echo "$1" | awk '/^test result:/ {p += $4; f += $6} END {print p+0, f+0}')
+    passed=$((passed + p)); failed=$((failed + f))
+}
 step() { # step NAME COMMAND...: run a check, count it
     say "$1"; shift
     if "$@"; then passed=$((passed + 1)); else failed=$((failed + 1)); echo "FAILED: $*" >&2; fi
@@ -53,12 +61,20 @@ if [ $# -eq 0 ]; then
     say "storage tests on btrfs, XFS and ext4 loop mounts"
     if out=$(cargo test -p pg_branch_storage 2>&1); then :; else failed=$((failed + 1)); fi
     echo "$out"
-    # cargo prints one "test result: ok. N passed; M failed" line per binary.
-    read -r p f < <(echo "$out" | awk '/^test result:/ {p += $4; f += $6} END {print p+0, f+0}')
-    passed=$((passed + p)); failed=$((failed + f))
+    count_cargo_tests "$out"
 fi
 
 for v in $PG_VERSIONS; do
+    # The pgrx suite first: it installs a test build, which the next step
+    # replaces with the real one.
+    if [ $# -eq 0 ]; then
+        say "PostgreSQL $v: the pgrx test suite (cargo pgrx test pg$v)"
+        if out=$(PG_VERSION=$v PG_CONFIG="$(pg_prefix "$v")/bin/pg_config" pgrx_test 2>&1); then :; else
+            failed=$((failed + 1)); echo "FAILED: cargo pgrx test pg$v" >&2
+        fi
+        echo "$out" | grep -v '^ *Compiling '
+        count_cargo_tests "$out"
+    fi
     (
         PG_VERSION=$v
         PG_BIN="$(pg_prefix "$v")/bin"

@@ -14,7 +14,9 @@ use pgrx::prelude::*;
 /// One row per database directory: where it lives, on which filesystem,
 /// whether it is a btrfs subvolume, and how a branch of it would be made
 /// (`snapshot`, `reflink`, or NULL with the reason in `detail`).
-#[pg_extern(volatile, parallel_safe)]
+/// PARALLEL RESTRICTED: it reads the catalogs through SPI and probes
+/// filesystems, which only the leader should do.
+#[pg_extern(volatile, parallel_restricted)]
 #[allow(clippy::type_complexity)]
 fn database_storage() -> TableIterator<
     'static,
@@ -393,21 +395,12 @@ fn modified(path: &std::path::Path) -> Option<TimestampWithTimeZone> {
     TimestampWithTimeZone::try_from(since_unix.as_micros() as i64 - pg_epoch).ok()
 }
 
-extension_sql!(
-    r#"
-REVOKE ALL ON FUNCTION database_storage() FROM PUBLIC;
-REVOKE ALL ON FUNCTION orphans() FROM PUBLIC;
-REVOKE ALL ON FUNCTION remove_orphans() FROM PUBLIC;
-REVOKE ALL ON FUNCTION convert_to_subvolume(text) FROM PUBLIC;
-REVOKE ALL ON FUNCTION convert_all_to_subvolumes() FROM PUBLIC;
-REVOKE ALL ON FUNCTION doctor() FROM PUBLIC;
-REVOKE ALL ON FUNCTION wal_needs_pg_branch() FROM PUBLIC;
-COMMENT ON FUNCTION database_storage() IS
-  'Where each database directory lives and how pg_branch would branch it';
-"#,
-    name = "revoke_database_storage",
+extension_sql_file!(
+    "../sql/api.sql",
+    name = "api",
     requires = [
         database_storage,
+        last_branch,
         orphans,
         remove_orphans,
         convert_to_subvolume,

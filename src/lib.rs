@@ -83,3 +83,19 @@ fn quiet_panics() {
         }
     }));
 }
+
+#[cfg(any(test, feature = "pg_test"))]
+mod pg_tests;
+
+/// Required by `cargo pgrx test` at the crate root: how the test server is
+/// configured (src/pg_tests/).
+#[cfg(test)]
+pub mod pg_test {
+    pub fn setup(_options: Vec<&str>) {}
+
+    /// The library must be preloaded; see `_PG_init`.
+    #[must_use]
+    pub fn postgresql_conf_options() -> Vec<&'static str> {
+        vec!["shared_preload_libraries = 'pg_branch'"]
+    }
+}

@@ -356,7 +356,10 @@ def test_functions_are_labelled_for_parallel_query(branch):
         assert plain == [("par_b", "template1", plain[0][2])]
         assert conn.execute("SELECT * FROM pgbranch.database_storage() ORDER BY 1, 2").fetchall() == storage
     labels = dict(branch.sql("SELECT proname, proparallel FROM pg_proc WHERE pronamespace = 'pgbranch'::regnamespace"))
+    # Read-only, but from this backend's memory (last_branch) or through SPI
+    # and filesystem probes (database_storage): only the leader runs them.
     assert labels["last_branch"] == "r"
+    assert labels["database_storage"] == "r"
     # Everything that writes, or locks until commit, never runs in a worker.
     for f in ("remove_orphans", "convert_to_subvolume", "convert_all_to_subvolumes", "orphans", "doctor"):
         assert labels[f] == "u", f

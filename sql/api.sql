@@ -1,0 +1,28 @@
+-- The hand-written part of the SQL API (src/api.rs defines the functions).
+-- Who may call what: every function that shows paths or changes the
+-- server is the superuser's; last_branch(), which shows a session only its
+-- own last statement, stays PUBLIC.
+REVOKE ALL ON FUNCTION database_storage() FROM PUBLIC;
+REVOKE ALL ON FUNCTION orphans() FROM PUBLIC;
+REVOKE ALL ON FUNCTION remove_orphans() FROM PUBLIC;
+REVOKE ALL ON FUNCTION convert_to_subvolume(text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION convert_all_to_subvolumes() FROM PUBLIC;
+REVOKE ALL ON FUNCTION doctor() FROM PUBLIC;
+REVOKE ALL ON FUNCTION wal_needs_pg_branch() FROM PUBLIC;
+
+COMMENT ON FUNCTION database_storage() IS
+  'Where each database directory lives and how pg_branch would branch it';
+COMMENT ON FUNCTION last_branch() IS
+  'What this session''s last branch took, step by step';
+COMMENT ON FUNCTION orphans() IS
+  'Database directories that no database owns (left by a crash)';
+COMMENT ON FUNCTION remove_orphans() IS
+  'Remove the directories orphans() lists, WAL-logged';
+COMMENT ON FUNCTION convert_to_subvolume(text) IS
+  'Make a database''s directories btrfs subvolumes, so that its branches are snapshots';
+COMMENT ON FUNCTION convert_all_to_subvolumes() IS
+  'convert_to_subvolume() for every database but the current one';
+COMMENT ON FUNCTION doctor() IS
+  'Check the set-up: one row per check, with what to do about it';
+COMMENT ON FUNCTION wal_needs_pg_branch() IS
+  'Who would still need pg_branch to replay this server''s WAL';

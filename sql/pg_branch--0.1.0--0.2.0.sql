@@ -1,0 +1,22 @@
+-- pg_branch 0.1.0 -> 0.2.0
+\echo Use "ALTER EXTENSION pg_branch UPDATE TO '0.2.0'" to load this file. \quit
+
+-- database_storage() reads the catalogs through SPI and probes filesystems:
+-- PARALLEL RESTRICTED, not SAFE.
+ALTER FUNCTION database_storage() PARALLEL RESTRICTED;
+
+-- Every function is described (0.1.0 described database_storage() only).
+COMMENT ON FUNCTION last_branch() IS
+  'What this session''s last branch took, step by step';
+COMMENT ON FUNCTION orphans() IS
+  'Database directories that no database owns (left by a crash)';
+COMMENT ON FUNCTION remove_orphans() IS
+  'Remove the directories orphans() lists, WAL-logged';
+COMMENT ON FUNCTION convert_to_subvolume(text) IS
+  'Make a database''s directories btrfs subvolumes, so that its branches are snapshots';
+COMMENT ON FUNCTION convert_all_to_subvolumes() IS
+  'convert_to_subvolume() for every database but the current one';
+COMMENT ON FUNCTION doctor() IS
+  'Check the set-up: one row per check, with what to do about it';
+COMMENT ON FUNCTION wal_needs_pg_branch() IS
+  'Who would still need pg_branch to replay this server''s WAL';

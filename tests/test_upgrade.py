@@ -1,0 +1,76 @@
+"""ALTER EXTENSION pg_branch UPDATE: an installation upgraded from 0.1.0 is
+the same as a fresh one of the current version.
+
+0.1.0's install script is a fixture (tests/upgrade/): packages ship only the
+current version's script and the upgrade scripts in sql/, so the test puts
+it beside them for the duration of the test.
+"""
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from conftest import PG_BIN, as_postgres
+
+FIXTURE = Path(__file__).parent / "upgrade" / "pg_branch--0.1.0.sql"
+CURRENT = "0.2.0"
+
+# Everything that makes up a function of the extension: its signature, its
+# labels, who may call it, its comment and what it calls.
+FUNCTIONS = """
+SELECT p.proname, pg_get_function_identity_arguments(p.oid), pg_get_function_result(p.oid),
+       p.provolatile, p.proparallel, p.proisstrict, p.prosecdef, p.proacl::text,
+       obj_description(p.oid, 'pg_proc'), p.prosrc, p.probin, n.nspname
+  FROM pg_proc p
+  JOIN pg_namespace n ON n.oid = p.pronamespace
+  JOIN pg_depend d ON d.classid = 'pg_proc'::regclass AND d.objid = p.oid AND d.deptype = 'e'
+  JOIN pg_extension e ON e.oid = d.refobjid AND e.extname = 'pg_branch'
+ ORDER BY 1, 2
+"""
+
+
+@pytest.fixture
+def old_script():
+    sharedir = subprocess.run([PG_BIN / "pg_config", "--sharedir"], check=True,
+                              capture_output=True, text=True).stdout.strip()
+    target = Path(sharedir) / "extension" / FIXTURE.name
+    shutil.copyfile(FIXTURE, target)
+    yield
+    target.unlink()
+
+
+def describe(cluster, db):
+    """`\\dx+ pg_branch` as psql prints it: every member object."""
+    return as_postgres(PG_BIN / "psql", "-X", "-h", cluster.sock, "-p", cluster.port, "-d", db,
+                       "-c", r"\dx+ pg_branch").stdout
+
+
+def test_update_from_0_1_0_equals_a_fresh_install(branch, old_script):
+    for db in ("upgrade_old", "upgrade_new"):
+        branch.sql(f"DROP DATABASE IF EXISTS {db}")
+        branch.sql(f"CREATE DATABASE {db}")
+    branch.sql("CREATE EXTENSION pg_branch", dbname="upgrade_new")
+    branch.sql("CREATE EXTENSION pg_branch VERSION '0.1.0'", dbname="upgrade_old")
+    fresh = branch.sql(FUNCTIONS, dbname="upgrade_new")
+    # The comparison sees the difference the upgrade has to make.
+    assert branch.sql(FUNCTIONS, dbname="upgrade_old") != fresh
+
+    branch.sql("ALTER EXTENSION pg_branch UPDATE", dbname="upgrade_old")
+
+    for db in ("upgrade_old", "upgrade_new"):
+        assert branch.one("SELECT extversion FROM pg_extension WHERE extname = 'pg_branch'",
+                          dbname=db) == CURRENT
+    assert branch.sql(FUNCTIONS, dbname="upgrade_old") == fresh
+    assert describe(branch, "upgrade_old") == describe(branch, "upgrade_new")
+    assert "function pgbranch.doctor()" in describe(branch, "upgrade_new")
+    for db in ("upgrade_old", "upgrade_new"):
+        branch.sql(f"DROP DATABASE {db}")
+
+
+def test_upgrade_path_is_known(branch, old_script):
+    """PostgreSQL finds the path 0.1.0 -> current from the installed scripts."""
+    path = branch.one("SELECT path FROM pg_extension_update_paths('pg_branch') "
+                      f"WHERE source = '0.1.0' AND target = '{CURRENT}'")
+    assert path == f"0.1.0--{CURRENT}"
