@@ -17,13 +17,10 @@ PG_BIN selects the server (bench/run.sh sets it from PG_VERSION).
 
 import os
 import statistics
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from conftest import Cluster  # noqa: E402
-from latency import pgbench  # noqa: E402
+from harness import Cluster
 
 SCALE = int(os.environ.get("SCALE", "70"))
 RUNS = int(os.environ.get("RUNS", "5"))
@@ -42,7 +39,7 @@ def main():
     try:
         c.sql("CREATE EXTENSION pg_branch")
         c.sql("CREATE DATABASE tpl")
-        pgbench(c, "-q", "-i", "-s", SCALE, "tpl")
+        c.pgbench("-q", "-i", "-s", SCALE, "tpl")
         size = c.one("SELECT pg_size_pretty(pg_database_size('tpl'))")
         c.sql("CHECKPOINT")
         ms = {name: [] for name, _, _ in ROWS}

@@ -11,13 +11,10 @@ bytes (`btrfs filesystem du`). RUNS branches per path, each dropped after.
 import os
 import statistics
 import subprocess
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from conftest import Cluster, exclusive_bytes  # noqa: E402
-from latency import pgbench  # noqa: E402
+from harness import Cluster, exclusive_bytes
 
 SCALE = int(os.environ.get("SCALE", "70"))
 RUNS = int(os.environ.get("RUNS", "5"))
@@ -66,7 +63,7 @@ def cluster(root, port, fs):
     c.fs = fs
     c.sql("CREATE EXTENSION pg_branch")
     c.sql("CREATE DATABASE tpl")
-    pgbench(c, "-q", "-i", "-s", SCALE, "tpl")
+    c.pgbench("-q", "-i", "-s", SCALE, "tpl")
     c.sql("CHECKPOINT")
     return c
 

@@ -14,12 +14,10 @@ PG_BIN selects the server (bench/run.sh sets it from PG_VERSION).
 """
 
 import os
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from conftest import PG_BIN, Cluster  # noqa: E402
+from harness import PG_BIN, Cluster
 
 N = int(os.environ.get("N", "100000"))
 CHUNK = int(os.environ.get("CHUNK", "5000"))

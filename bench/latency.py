@@ -20,12 +20,10 @@ PG_BIN selects the server (bench/run.sh sets it from PG_VERSION).
 import os
 import statistics
 import subprocess
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from conftest import PG_BIN, Cluster  # noqa: E402
+from harness import PG_BIN, Cluster, pct
 
 SCALE = int(os.environ.get("SCALE", "70"))
 RUNS = int(os.environ.get("RUNS", "20"))
@@ -36,17 +34,6 @@ METHODS = [
     ("core FILE_COPY", "SELECT 1", "STRATEGY FILE_COPY"),
     ("core WAL_LOG", "SELECT 1", "STRATEGY WAL_LOG"),
 ]
-
-
-def pct(values, p):
-    values = sorted(values)
-    return values[min(len(values) - 1, int(round(p / 100 * (len(values) - 1))))]
-
-
-def pgbench(cluster, *args):
-    return subprocess.run(["sudo", "-u", "postgres", PG_BIN / "pgbench", *map(str, args),
-                           "-h", cluster.sock, "-p", str(cluster.port), "-U", "postgres"],
-                          check=True, capture_output=True, text=True)
 
 
 CLONE_METHODS = [
@@ -82,7 +69,7 @@ def main():
         c.sql("CREATE EXTENSION pg_branch")
         for db, scale in (("tpl", SCALE), ("loaddb", 10)):
             c.sql(f"CREATE DATABASE {db}")
-            pgbench(c, "-q", "-i", "-s", scale, db)
+            c.pgbench("-q", "-i", "-s", scale, db)
         size = c.one("SELECT pg_size_pretty(pg_database_size('tpl'))")
         c.sql("CHECKPOINT")
         results = {"idle": measure(c)}

@@ -10,32 +10,21 @@ in both runs.
 
 import os
 import re
-import subprocess
-import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from conftest import PG_BIN, Cluster  # noqa: E402
+from harness import Cluster, pct
 
 SCALE = int(os.environ.get("SCALE", "20"))
 SECONDS = int(os.environ.get("SECONDS_PER_RUN", "60"))
 BRANCHES = int(os.environ.get("BRANCHES", "100"))
 
 
-def pct(values, p):
-    values = sorted(values)
-    return values[min(len(values) - 1, int(round(p / 100 * (len(values) - 1))))]
-
-
-def pgbench(cluster, seconds, logdir):
+def measured_load(cluster, seconds, logdir):
     """Run pgbench on `tpl`; return (tps, max latency ms, failed)."""
-    out = subprocess.run(
-        ["sudo", "-u", "postgres", PG_BIN / "pgbench", "-c", "4", "-j", "2", "-T", str(seconds), "-l",
-         "--log-prefix", f"{logdir}/tx", "-h", cluster.sock, "-p", str(cluster.port), "-U", "postgres", "tpl"],
-        capture_output=True, text=True, check=True).stdout
+    out = cluster.pgbench("-c", "4", "-j", "2", "-T", seconds, "-l", "--log-prefix", f"{logdir}/tx", "tpl").stdout
     tps = float(re.search(r"tps = ([\d.]+)", out).group(1))
     failed = re.search(r"number of failed transactions: (\d+)", out)
     latencies = []
@@ -53,19 +42,18 @@ def main():
     try:
         c.sql("CREATE EXTENSION pg_branch")
         c.sql("CREATE DATABASE tpl")
-        subprocess.run(["sudo", "-u", "postgres", PG_BIN / "pgbench", "-q", "-i", "-s", str(SCALE),
-                        "-h", c.sock, "-p", str(c.port), "-U", "postgres", "tpl"], check=True, capture_output=True)
+        c.pgbench("-q", "-i", "-s", SCALE, "tpl")
         size = c.one("SELECT pg_size_pretty(pg_database_size('tpl'))")
         logdir = tempfile.mkdtemp(dir=root)
         os.chown(logdir, *(lambda s: (s.st_uid, s.st_gid))(os.stat(c.data)))
 
         c.sql("CHECKPOINT")
-        alone = pgbench(c, SECONDS, logdir)
+        alone = measured_load(c, SECONDS, logdir)
 
         c.sql("CHECKPOINT")
         stats = []
         result = {}
-        load = threading.Thread(target=lambda: result.setdefault("run", pgbench(c, SECONDS, logdir)))
+        load = threading.Thread(target=lambda: result.setdefault("run", measured_load(c, SECONDS, logdir)))
         load.start()
         time.sleep(2)
         # Spread the branches evenly over the run, leaving 4 s at the end.

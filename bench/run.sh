@@ -22,6 +22,8 @@ bash "$REPO/scripts/setup.sh"
 [ "$PG_VERSION" = 15 ] || bash "$REPO/scripts/postgres.sh" "$PG_VERSION"
 install_extension --release
 export PG_BIN
+# The benchmarks drive clusters with the tests' harness (tests/harness.py).
+export PYTHONPATH="$REPO/tests${PYTHONPATH:+:$PYTHONPATH}"
 export PG_BRANCH_BENCH_DIR
 PG_BRANCH_BENCH_DIR="$(mount_btrfs)/bench"
 case "${1:-}" in

@@ -32,11 +32,9 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from conftest import PG_BIN, Cluster, exclusive_bytes  # noqa: E402
+import psycopg
 
-import psycopg  # noqa: E402
+from harness import PG_BIN, Cluster, exclusive_bytes, pct
 
 REPO = Path(__file__).resolve().parent.parent
 SIZES = [int(s) for s in os.environ.get("SIZES", "7 70 350").split()]
@@ -60,11 +58,6 @@ def core_methods(c):
     return CORE[:1] + CLONE
 
 
-def pct(values, p):
-    values = sorted(values)
-    return values[min(len(values) - 1, int(round(p / 100 * (len(values) - 1))))]
-
-
 def say(*a):
     print(*a, flush=True)
 
@@ -77,17 +70,9 @@ def write_csv(name, header, rows):
         w.writerows(rows)
 
 
-def pgbench(c, *args, background=False):
-    cmd = ["sudo", "-u", "postgres", PG_BIN / "pgbench", *map(str, args),
-           "-h", c.sock, "-p", str(c.port), "-U", "postgres"]
-    if background:
-        return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    return subprocess.run(cmd, check=True, capture_output=True, text=True)
-
-
 def load_on(c, db):
     """pgbench -n -c 4 writing to `db` until stopped."""
-    p = pgbench(c, "-n", "-c", "4", "-j", "2", "-T", "36000", db, background=True)
+    p = c.pgbench("-n", "-c", "4", "-j", "2", "-T", "36000", db, background=True)
     time.sleep(3)
     return p
 
@@ -360,11 +345,11 @@ def main():
     try:
         c.sql("CREATE EXTENSION pg_branch")
         c.sql("CREATE DATABASE loaddb")
-        pgbench(c, "-q", "-i", "-s", 10, "loaddb")
+        c.pgbench("-q", "-i", "-s", 10, "loaddb")
         for scale in SIZES:
             t = time.time()
             c.sql(f"CREATE DATABASE tpl_{scale}")
-            pgbench(c, "-q", "-i", "-s", scale, f"tpl_{scale}")
+            c.pgbench("-q", "-i", "-s", scale, f"tpl_{scale}")
             size = c.one("SELECT pg_size_pretty(pg_database_size(%s))", params=(f"tpl_{scale}",))
             say(f"template tpl_{scale}: {size} loaded in {time.time() - t:.0f} s")
         c.sql("CHECKPOINT")

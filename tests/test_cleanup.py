@@ -11,7 +11,7 @@ import threading
 import psycopg
 import pytest
 
-from conftest import checkpointer_stopped, wait_for
+from harness import checkpointer_stopped, wait_for
 
 
 

@@ -13,22 +13,19 @@ import time
 import psycopg
 import pytest
 
-from conftest import LIBRARY, PG_BIN, Cluster, Gdb, amcheck, as_postgres, exclusive_bytes, is_subvolume, mount, oracle, wait_for
+from harness import LIBRARY, PG_BIN, Cluster, Gdb, amcheck, as_postgres, exclusive_bytes, is_subvolume, mount, oracle, wait_for
 
 
 def pgbench_init(cluster, db, scale=1):
     cluster.sql(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
     cluster.sql(f"CREATE DATABASE {db}")
-    as_postgres(PG_BIN / "pgbench", "-q", "-i", "-s", scale, "-h", cluster.sock, "-p", cluster.port,
-                "-U", "postgres", db)
+    cluster.pgbench("-q", "-i", "-s", scale, db)
 
 
 def pgbench_load(cluster, db, seconds):
     # -n: no VACUUM and no TRUNCATE of pgbench_history before the run, which
     # would break the oracle's sum(delta) = sum(abalance) on a second run.
-    return subprocess.Popen(["sudo", "-u", "postgres", PG_BIN / "pgbench", "-n", "-c", "4", "-j", "2", "-T", str(seconds),
-                             "-h", cluster.sock, "-p", str(cluster.port), "-U", "postgres", db],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return cluster.pgbench("-n", "-c", "4", "-j", "2", "-T", seconds, db, background=True)
 
 
 def wait_replayed(primary, standby, timeout=120):

@@ -24,7 +24,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from conftest import LIBRARY, Cluster, mount, wait_for
+from harness import LIBRARY, Cluster, mount, wait_for
 
 FIELDS = [
     "severity", "severity_nonlocalized", "sqlstate", "message_primary", "message_detail", "message_hint",

@@ -7,14 +7,13 @@ it waits for.
 """
 
 import re
-import subprocess
 import threading
 import time
 
 import psycopg
 import pytest
 
-from conftest import PG_BIN, Background, Cluster, amcheck, as_postgres, mount, oracle, wait_for, waiting_on_lock
+from harness import Background, Cluster, amcheck, mount, oracle, wait_for, waiting_on_lock
 
 
 
@@ -213,15 +212,13 @@ def test_concurrent_ddl_on_the_template(branch, live):
 
 
 def test_oracle_branches_under_pgbench_load(branch):
-    """DESIGN's consistency oracle: 20 branches of a template that pgbench
+    """The consistency oracle: 20 branches of a template that pgbench
     (TPC-B-like, 4 clients) writes to the whole time. Every branch keeps
     the TPC-B invariant and passes amcheck; pgbench sees no failure."""
     branch.sql("DROP DATABASE IF EXISTS oracle WITH (FORCE)")
     branch.sql("CREATE DATABASE oracle")
-    as_postgres(PG_BIN / "pgbench", "-q", "-i", "-s", "2", "-h", branch.sock, "-p", branch.port, "-U", "postgres", "oracle")
-    load = subprocess.Popen(["sudo", "-u", "postgres", PG_BIN / "pgbench", "-n", "-c", "4", "-j", "2", "-T", "25",
-                             "-h", branch.sock, "-p", str(branch.port), "-U", "postgres", "oracle"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    branch.pgbench("-q", "-i", "-s", "2", "oracle")
+    load = branch.pgbench("-n", "-c", "4", "-j", "2", "-T", "25", "oracle", background=True)
     fences = []
     try:
         time.sleep(1)
@@ -277,10 +274,8 @@ def test_independently_hot_tables_do_not_starve_the_fence(branch):
     runs = [[files[t]] for t in tables[:5]] + [[files["pair_a"], files["pair_b"]]]
     loads = []
     for run in runs:
-        loads.append(subprocess.Popen(["sudo", "-u", "postgres", PG_BIN / "pgbench", "-n", "-c", "2", "-T", "30",
-                                       *[a for f in run for a in ("-f", f)],
-                                       "-h", branch.sock, "-p", str(branch.port), "-U", "postgres", "hot"],
-                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+        loads.append(branch.pgbench("-n", "-c", "2", "-T", "30", *[a for f in run for a in ("-f", f)], "hot",
+                                    background=True))
     try:
         time.sleep(1)
         with branch.connect() as conn:

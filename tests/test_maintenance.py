@@ -23,7 +23,7 @@ import threading
 import psycopg
 import pytest
 
-from conftest import Cluster, is_subvolume, mount, tablespace, wait_for, waiting_on_lock
+from harness import Cluster, is_subvolume, mount, tablespace, wait_for, waiting_on_lock
 
 GDB_SCRIPT = """
 import gdb

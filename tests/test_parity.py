@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import psycopg
 import pytest
 
-from conftest import is_subvolume
+from harness import is_subvolume
 
 NEW = "regression_new"
 LONG = "regression_" + "x" * 60  # truncated by the parser to 63 bytes

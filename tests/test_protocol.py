@@ -14,7 +14,7 @@ import threading
 import psycopg
 import pytest
 
-from conftest import (PG_BIN, HORIZON_VIOLATIONS, Background, Cluster, Gdb, as_postgres, checkpointer_stopped, is_subvolume,
+from harness import (PG_BIN, HORIZON_VIOLATIONS, Background, Cluster, Gdb, as_postgres, checkpointer_stopped, is_subvolume,
                       mount, oracle, tablespace, wait_for, waiting_on_lock)
 
 

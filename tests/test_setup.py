@@ -8,7 +8,7 @@ import subprocess
 import psycopg
 import pytest
 
-from conftest import Cluster, is_subvolume, mount
+from harness import Cluster, is_subvolume, mount
 
 
 def doctor(cluster, conn=None):

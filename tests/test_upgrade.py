@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import PG_BIN, as_postgres
+from harness import PG_BIN, as_postgres
 
 FIXTURE = Path(__file__).parent / "upgrade" / "pg_branch--0.1.0.sql"
 CURRENT = "0.2.0"
