@@ -7,6 +7,7 @@ use crate::convert;
 use crate::doctor;
 use crate::error;
 use crate::ffi;
+use crate::stats;
 use crate::wal;
 use pg_branch_storage::{errno_text, fs_name, is_subvolume};
 use pgrx::prelude::*;
@@ -30,32 +31,14 @@ fn database_storage() -> TableIterator<
         name!(detail, Option<String>),
     ),
 > {
-    let dbs: Vec<(pg_sys::Oid, String, pg_sys::Oid)> = Spi::connect(|c| {
-        c.select(
-            "SELECT oid, datname::text, dattablespace FROM pg_catalog.pg_database ORDER BY datname",
-            None,
-            &[],
-        )
-        .map(|rows| {
-            rows.map(|r| {
-                (
-                    r.get::<pg_sys::Oid>(1)
-                        .ok()
-                        .flatten()
-                        .unwrap_or(pg_sys::InvalidOid),
-                    r.get::<String>(2).ok().flatten().unwrap_or_default(),
-                    r.get::<pg_sys::Oid>(3)
-                        .ok()
-                        .flatten()
-                        .unwrap_or(pg_sys::InvalidOid),
-                )
-            })
-            .collect()
-        })
-        .unwrap_or_default()
-    });
     let mut out = Vec::new();
-    for (db, name, default_ts) in dbs {
+    for catalog::Database {
+        oid: db,
+        name,
+        tablespace: default_ts,
+        ..
+    } in catalog::databases()
+    {
         let plan = branch::plan(db, default_ts, default_ts);
         for ts in catalog::tablespaces() {
             let path = ffi::database_path(db, ts);
@@ -112,7 +95,7 @@ fn last_branch() -> TableIterator<
         name!(total_ms, f64),
     ),
 > {
-    TableIterator::new(branch::last_branch().map(|s| {
+    TableIterator::new(stats::last_branch().map(|s| {
         (
             s.database,
             s.template,
@@ -248,18 +231,10 @@ fn convert_all_to_subvolumes() -> TableIterator<
 > {
     ffi::prevent_unless_writable_top_level("pgbranch.convert_all_to_subvolumes()");
     require_superuser("convert database directories");
-    let names: Vec<String> = Spi::connect(|c| {
-        c.select(
-            "SELECT datname::text FROM pg_catalog.pg_database WHERE datconnlimit <> -2 ORDER BY datname",
-            None,
-            &[],
-        )
-        .map(|rows| {
-            rows.filter_map(|r| r.get::<String>(1).ok().flatten())
-                .collect()
-        })
-        .unwrap_or_default()
-    });
+    let names = catalog::databases()
+        .into_iter()
+        .filter(|d| !d.invalid)
+        .map(|d| d.name);
     let mut out = Vec::new();
     for name in names {
         let cname = std::ffi::CString::new(name.clone()).unwrap_or_default();

@@ -1,7 +1,37 @@
-//! The branch protocol: PostgreSQL 15's `createdb()`, step by step, with
-//! the copy replaced by a copy-on-write clone. Read it side by side with
+//! The branch protocol: PostgreSQL's `createdb()`, step by step, with the
+//! copy replaced by a copy-on-write clone. Read it side by side with
 //! `src/backend/commands/dbcommands.c`; where it differs, the comment says
-//! so and why. Numbers refer to the steps of DESIGN.md.
+//! so and why. The step numbers in the comments below are these:
+//!
+//!  1. The hook decides the statement is ours (hook.rs): a branch is
+//!     wanted and possible. Everything else goes to core untouched.
+//!  2. Validate as core does, in core's order: options, owner, privileges,
+//!     template, locale, tablespace, name.
+//!  3. Pin the template: AccessShareLock on its database object, held to
+//!     commit. Core takes ShareLock and requires that nobody is connected;
+//!     we let sessions connect and work, and conflict only with DROP
+//!     DATABASE, RENAME and SET TABLESPACE (AccessExclusiveLock).
+//!  4. Insert the pg_database row (pg_database RowExclusiveLock to
+//!     commit); invisible to others until we commit.
+//!  5. Raise the writer fence: ExclusiveLock on the template's pg_class,
+//!     then on every relation it lists (fence.rs). Readers go on; writers
+//!     and row lockers wait.
+//!  6. Flush the template's buffers: the files now hold every committed
+//!     change and nothing uncommitted.
+//!  7. Clone each directory (snapshot or reflink).
+//!  8. WAL-log each clone (wal.rs), so redo rebuilds it.
+//!  9. Lower the fence: the template's writers resume.
+//! 10. Wait until a checkpoint has started after the records (or for a
+//!     whole checkpoint: core's record, or a reused OID), so that the
+//!     branch's first changes carry full-page images.
+//! 11. Commit synchronously, as core does.
+//!
+//! What a failure leaves: before step 7, nothing on disk. From step 7 to
+//! the commit, an ERROR or FATAL removes what was cloned (cleanup.rs) and
+//! the row goes with the aborted transaction; a crash leaves a directory
+//! that no row owns (crash recovery makes it again if our record reached
+//! disk), which `pgbranch.orphans()` lists and `pgbranch.remove_orphans()`
+//! removes. After the commit the branch is a database like any other.
 
 use crate::backup;
 use crate::catalog::{self, DatabaseRow, NewDatabase};
@@ -12,6 +42,7 @@ use crate::fence::Fence;
 use crate::ffi;
 use crate::locale;
 use crate::options::CreatedbOptions;
+use crate::stats::{self, ms, BranchStats};
 use crate::wal;
 use pg_branch_storage::{clone_dir, errno_text, presync, probe, Method, Unsupported};
 use pgrx::pg_sys::{self, Oid};
@@ -117,7 +148,7 @@ fn has_entries(dir: &std::path::Path) -> bool {
 }
 
 /// Create the database of `stmt` as a branch of its template. The hook has
-/// already decided the statement is ours (DESIGN step 1).
+/// already decided the statement is ours (step 1).
 ///
 /// # Safety
 /// `pstate` and `stmt` must be valid; must run as a top-level statement
@@ -436,58 +467,8 @@ pub unsafe fn createdb(pstate: *mut pg_sys::ParseState, stmt: *const pg_sys::Cre
     });
 
     stats.total_ms = ms(started.elapsed());
-    Report::new(
-        PgSqlErrorCode::ERRCODE_SUCCESSFUL_COMPLETION,
-        format!(
-            "branched database \"{}\" from \"{}\" by {} in {:.1} ms (writers paused {:.1} ms, waited {:.1} ms for them)",
-            stats.database, stats.template, stats.method, stats.total_ms, stats.fence_ms, stats.fence_wait_ms
-        ),
-    )
-    .debug1();
-    LAST.with(|l| *l.borrow_mut() = Some(stats));
+    stats::publish(stats);
     dboid
-}
-
-/// Timings of one branch, for `pgbranch.last_branch()` and the benchmarks.
-#[derive(Debug, Clone, Default)]
-pub struct BranchStats {
-    pub database: String,
-    pub template: String,
-    pub method: String,
-    /// Relations of the template under the fence.
-    pub relations: i64,
-    /// Writing the template's dirty data out before the fence.
-    pub sync_ms: f64,
-    /// Waiting for the template's writers to finish (raising the fence).
-    pub fence_wait_ms: f64,
-    /// Writers of the template paused: fence complete to fence lowered.
-    pub fence_ms: f64,
-    /// Server time when the fence was complete, and just before it was
-    /// lowered: every write committed before the first is in the branch,
-    /// none committed after the second is, and none commits in between.
-    pub fence_up_at: pg_sys::TimestampTz,
-    pub fence_down_at: pg_sys::TimestampTz,
-    pub clone_ms: f64,
-    /// Pages written into WAL because a base backup ran (backup.rs), and
-    /// the time that took.
-    pub wal_logged_pages: i64,
-    pub wal_log_ms: f64,
-    pub checkpoint_ms: f64,
-    pub total_ms: f64,
-}
-
-thread_local! {
-    /// The last branch this session made.
-    static LAST: std::cell::RefCell<Option<BranchStats>> = const { std::cell::RefCell::new(None) };
-}
-
-/// The last branch this session made, if any.
-pub fn last_branch() -> Option<BranchStats> {
-    LAST.with(|l| l.borrow().clone())
-}
-
-fn ms(d: std::time::Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
 }
 
 /// Whether the current role passes core's two privilege checks for

@@ -125,6 +125,40 @@ unsafe fn read_row(oid: Oid) -> Option<(CString, DatabaseRow)> {
     Some((name, row))
 }
 
+/// One database, as the SQL API and doctor() list them.
+pub struct Database {
+    pub oid: Oid,
+    pub name: String,
+    pub tablespace: Oid,
+    /// Marked invalid (`datconnlimit` = -2) by an interrupted DROP DATABASE.
+    pub invalid: bool,
+}
+
+/// Every database, in the order of `ORDER BY datname` (the collation of
+/// the current database, as psql lists them). Read through SPI with the
+/// statement's snapshot: a listing, not a lock; callers that act on a
+/// database lock it and read its row again.
+pub fn databases() -> Vec<Database> {
+    pgrx::Spi::connect(|c| {
+        c.select(
+            "SELECT oid, datname::text, dattablespace, datconnlimit = -2
+               FROM pg_catalog.pg_database ORDER BY datname",
+            None,
+            &[],
+        )
+        .map(|rows| {
+            rows.map(|r| Database {
+                oid: r.get::<Oid>(1).ok().flatten().unwrap_or(pg_sys::InvalidOid),
+                name: r.get::<String>(2).ok().flatten().unwrap_or_default(),
+                tablespace: r.get::<Oid>(3).ok().flatten().unwrap_or(pg_sys::InvalidOid),
+                invalid: r.get::<bool>(4).ok().flatten().unwrap_or(false),
+            })
+            .collect()
+        })
+        .unwrap_or_default()
+    })
+}
+
 /// OIDs of every tablespace but pg_global, which holds no database
 /// directories.
 pub fn tablespaces() -> Vec<Oid> {

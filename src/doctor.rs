@@ -143,27 +143,10 @@ fn tablespace(ts: Oid) -> Check {
 /// read, never dirtied ([`relation_count`]). The lock is released before
 /// the next database.
 fn databases() -> (Vec<Check>, Option<(String, usize)>) {
-    let dbs: Vec<(String, bool)> = Spi::connect(|c| {
-        c.select(
-            "SELECT datname::text, datconnlimit = -2 FROM pg_catalog.pg_database ORDER BY datname",
-            None,
-            &[],
-        )
-        .map(|rows| {
-            rows.map(|r| {
-                (
-                    r.get::<String>(1).ok().flatten().unwrap_or_default(),
-                    r.get::<bool>(2).ok().flatten().unwrap_or(false),
-                )
-            })
-            .collect()
-        })
-        .unwrap_or_default()
-    });
     let mut out = Vec::new();
     let mut largest: Option<(String, usize)> = None;
     let lockmode = pg_sys::AccessShareLock as pg_sys::LOCKMODE;
-    for (name, invalid) in dbs {
+    for catalog::Database { name, invalid, .. } in catalog::databases() {
         let what = format!("database {name}");
         let invalid_check = || {
             check(

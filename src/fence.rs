@@ -1,6 +1,7 @@
-//! The writer fence (DESIGN step 5): while it is up, nobody writes to the
-//! template, and nobody holds a row lock in it, so a clone taken then is a
-//! transactionally consistent copy that names no transaction in progress.
+//! The writer fence (step 5 of the protocol in branch.rs): while it is
+//! up, nobody writes to the template, and nobody holds a row lock in it, so
+//! a clone taken then is a transactionally consistent copy that names no
+//! transaction in progress.
 //!
 //! The fence is an `ExclusiveLock` on every relation of the template: first
 //! its `pg_class`, so no relation can be created or changed while we list

@@ -1,5 +1,6 @@
 //! The ProcessUtility hook: decide whether a statement is a branch, and
-//! hand everything else on untouched (DESIGN step 1).
+//! hand everything else on untouched (step 1 of the protocol in
+//! branch.rs).
 //!
 //! It nests like any well-behaved hook: the previous hook (another
 //! extension's, or none) is saved at load time and receives every

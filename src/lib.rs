@@ -22,6 +22,7 @@ mod gucs;
 mod hook;
 mod locale;
 mod options;
+mod stats;
 mod wal;
 
 ::pgrx::pg_module_magic!();
