@@ -46,15 +46,15 @@ fn database_storage() -> TableIterator<
                 continue;
             }
             let (method, detail) = match &plan {
-                Ok(Ok(steps)) => (
+                branch::Plan::Clone(steps) => (
                     steps
                         .iter()
                         .find(|s| s.src_tablespace == ts)
                         .map(|s| s.method.name().to_string()),
                     None,
                 ),
-                Ok(Err(why)) => (None, Some(why.reason.clone())),
-                Err(e) => (None, Some(e.to_string())),
+                branch::Plan::Core(why) => (None, Some(why.reason.clone())),
+                branch::Plan::Failed(e) => (None, Some(e.to_string())),
             };
             out.push((
                 name.clone(),

@@ -61,20 +61,27 @@ pub struct CloneStep {
     pub method: Method,
 }
 
+/// How a branch of a database would be made, as its directories and the
+/// server's settings tell: the answer of [`plan`].
+#[derive(Debug)]
+pub enum Plan {
+    /// A branch: how each directory is cloned.
+    Clone(Vec<CloneStep>),
+    /// No branch: core's copy, for this reason.
+    Core(Unsupported),
+    /// A filesystem error stopped us from finding out: the statement
+    /// fails, as core's copy would.
+    Failed(pg_branch_storage::Error),
+}
+
 /// Decide how each directory of database `src_db` (default tablespace
 /// `src_default`) is cloned when the new database's default tablespace is
-/// `dst_default`; or why it cannot be (the inner error: the statement goes
-/// to core), or the filesystem error that stopped us from finding out (the
-/// outer error: the statement fails, as core's copy would).
+/// `dst_default`.
 ///
 /// Like core's FILE_COPY, only tablespaces where the template has a
 /// non-empty directory are copied, and the template's default tablespace
 /// maps to the new database's default tablespace.
-pub fn plan(
-    src_db: Oid,
-    src_default: Oid,
-    dst_default: Oid,
-) -> Result<Result<Vec<CloneStep>, Unsupported>, pg_branch_storage::Error> {
+pub fn plan(src_db: Oid, src_default: Oid, dst_default: Oid) -> Plan {
     plan_reusing(src_db, src_default, dst_default, &[])
 }
 
@@ -103,15 +110,11 @@ fn settings_forbid_branching() -> Option<Unsupported> {
 }
 
 /// [`plan`], taking the method of a directory that `known` already lists
-/// from there instead of probing its filesystem again.
-fn plan_reusing(
-    src_db: Oid,
-    src_default: Oid,
-    dst_default: Oid,
-    known: &[CloneStep],
-) -> Result<Result<Vec<CloneStep>, Unsupported>, pg_branch_storage::Error> {
+/// (the same source directory into the same tablespace) from there instead
+/// of probing its filesystem again.
+fn plan_reusing(src_db: Oid, src_default: Oid, dst_default: Oid, known: &[CloneStep]) -> Plan {
     if let Some(why) = settings_forbid_branching() {
-        return Ok(Err(why));
+        return Plan::Core(why);
     }
     let mut steps = Vec::new();
     for ts in catalog::tablespaces() {
@@ -119,15 +122,19 @@ fn plan_reusing(
         if !has_entries(&src) {
             continue;
         }
-        if let Some(step) = known.iter().find(|s| s.src_tablespace == ts) {
+        let dst_tablespace = if ts == src_default { dst_default } else { ts };
+        if let Some(step) = known
+            .iter()
+            .find(|s| s.src_tablespace == ts && s.src == src && s.dst_tablespace == dst_tablespace)
+        {
             steps.push(step.clone());
             continue;
         }
-        let dst_tablespace = if ts == src_default { dst_default } else { ts };
         let dst_parent = catalog::tablespace_dir(dst_tablespace);
-        let method = match probe(&src, &dst_parent)? {
-            Ok(m) => m,
-            Err(why) => return Ok(Err(why)),
+        let method = match probe(&src, &dst_parent) {
+            Ok(Ok(m)) => m,
+            Ok(Err(why)) => return Plan::Core(why),
+            Err(e) => return Plan::Failed(e),
         };
         steps.push(CloneStep {
             src_tablespace: ts,
@@ -136,7 +143,7 @@ fn plan_reusing(
             method,
         });
     }
-    Ok(Ok(steps))
+    Plan::Clone(steps)
 }
 
 /// Core's `stat() && S_ISDIR && !directory_is_empty()`: a directory that
@@ -148,12 +155,18 @@ fn has_entries(dir: &std::path::Path) -> bool {
 }
 
 /// Create the database of `stmt` as a branch of its template. The hook has
-/// already decided the statement is ours (step 1).
+/// already decided the statement is ours (step 1); `probed` is how it found
+/// the template's directories can be cloned (empty if it did not get that
+/// far), reused where they have not changed since.
 ///
 /// # Safety
 /// `pstate` and `stmt` must be valid; must run as a top-level statement
 /// outside a transaction block (the hook checked it).
-pub unsafe fn createdb(pstate: *mut pg_sys::ParseState, stmt: *const pg_sys::CreatedbStmt) -> Oid {
+pub unsafe fn createdb(
+    pstate: *mut pg_sys::ParseState,
+    stmt: *const pg_sys::CreatedbStmt,
+    probed: &[CloneStep],
+) -> Oid {
     let started = Instant::now();
     let dbname = CStr::from_ptr((*stmt).dbname);
 
@@ -259,11 +272,12 @@ pub unsafe fn createdb(pstate: *mut pg_sys::ParseState, stmt: *const pg_sys::Cre
     // How to clone each directory, decided now that the template is
     // locked, so that a statement that cannot be a branch fails before
     // anything is written. The hook probed the same before handing us the
-    // statement, so this fails only if the template moved in between. The
-    // template's writers may still add directories: the plan is made
-    // again under the fence (step 5), probing only what is new.
+    // statement: only a directory it did not see (the template moved in
+    // between) is probed now, and this fails only then. The template's
+    // writers may still add directories: the plan is made again under the
+    // fence (step 5), probing only what is new.
     let steps = steps_or_error(
-        plan(template.oid, template.tablespace, dst_tablespace),
+        plan_reusing(template.oid, template.tablespace, dst_tablespace, probed),
         &template_name,
     );
 
@@ -544,13 +558,10 @@ fn check_new_default_tablespace(t: &DatabaseRow, template_name: &CStr, ts: Oid, 
 /// The steps of a plan, or the error that says why there are none: the
 /// template cannot be branched after all (it moved since the hook looked),
 /// or the filesystem failed us (where and why, as core's copy would say).
-fn steps_or_error(
-    plan: Result<Result<Vec<CloneStep>, Unsupported>, pg_branch_storage::Error>,
-    template_name: &CStr,
-) -> Vec<CloneStep> {
+fn steps_or_error(plan: Plan, template_name: &CStr) -> Vec<CloneStep> {
     match plan {
-        Ok(Ok(steps)) => steps,
-        Ok(Err(why)) => Report::new(
+        Plan::Clone(steps) => steps,
+        Plan::Core(why) => Report::new(
             PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
             format!(
                 "cannot branch database \"{}\"",
@@ -559,7 +570,7 @@ fn steps_or_error(
         )
         .detail(why.reason)
         .error(),
-        Err(e) => error(file_error_code(e.raw_os_error()), e.to_string()),
+        Plan::Failed(e) => error(file_error_code(e.raw_os_error()), e.to_string()),
     }
 }
 

@@ -2,7 +2,7 @@
 //! (`ok`, `info`, `warning`, `error`), what was found and what to do. A new
 //! user runs it first; it changes nothing.
 
-use crate::branch;
+use crate::branch::{self, Plan};
 use crate::catalog;
 use crate::cleanup;
 use crate::compat;
@@ -173,10 +173,10 @@ fn databases() -> (Vec<Check>, Option<(String, usize)>) {
             continue;
         }
         out.push(match branch::plan(db.oid, db.tablespace, db.tablespace) {
-            Ok(Ok(steps)) if steps.iter().all(|s| s.method == Method::Snapshot) => {
+            Plan::Clone(steps) if steps.iter().all(|s| s.method == Method::Snapshot) => {
                 check(what, "ok", "branches are btrfs snapshots: O(1) at any size")
             }
-            Ok(Ok(steps)) => {
+            Plan::Clone(steps) => {
                 let plain_on_btrfs = steps
                     .iter()
                     .any(|s| s.method == Method::Reflink && fs_name(&s.src).ok() == Some("btrfs"));
@@ -199,8 +199,8 @@ fn databases() -> (Vec<Check>, Option<(String, usize)>) {
                     c
                 }
             }
-            Ok(Err(why)) => check(what, "warning", format!("copied by core: {why}")),
-            Err(e) => check(what, "error", e.to_string()),
+            Plan::Core(why) => check(what, "warning", format!("copied by core: {why}")),
+            Plan::Failed(e) => check(what, "error", e.to_string()),
         });
         let n = relation_count(db.oid, db.tablespace);
         if largest.as_ref().is_none_or(|(_, m)| n > *m) {

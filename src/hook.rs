@@ -21,7 +21,7 @@
 //! where they only format text, and call no core function whose error a
 //! client would see. pg_branch installs no other hook.
 
-use crate::branch;
+use crate::branch::{self, CloneStep, Plan};
 use crate::catalog;
 use crate::error::Report;
 use crate::gucs;
@@ -80,13 +80,13 @@ pub unsafe extern "C-unwind" fn pg_branch_createdb(
     let run = AssertUnwindSafe(|| {
         let stmt = (*pstmt).utilityStmt as *mut pg_sys::CreatedbStmt;
         let top_level = context == pg_sys::ProcessUtilityContext::PROCESS_UTILITY_TOPLEVEL;
-        if !ours(stmt, top_level) {
+        let Some(probed) = ours(stmt, top_level) else {
             return false;
-        }
+        };
         let pstate = pg_sys::make_parsestate(std::ptr::null_mut());
         (*pstate).p_sourcetext = query_string;
         (*pstate).p_queryEnv = query_env;
-        branch::createdb(pstate, stmt);
+        branch::createdb(pstate, stmt, &probed);
         pg_sys::free_parsestate(pstate);
         true
     });
@@ -170,17 +170,19 @@ fn panic_fields(message: &str) -> Fields {
     )
 }
 
-/// Whether pg_branch makes this CREATE DATABASE. Runs the checks that
+/// Whether pg_branch makes this CREATE DATABASE: `Some` with the clone steps
+/// it found (empty where `branch::createdb` is to raise core's error or a
+/// filesystem error at core's point), `None` for core. Runs the checks that
 /// `standard_ProcessUtility()` makes before `createdb()` (read-only
 /// transaction, parallel mode, recovery, transaction block) so that they
 /// come first either way, then asks whether a branch is wanted and possible.
 ///
 /// A statement that names a template or tablespace that does not exist is
 /// left to core, which reports it with its own words.
-unsafe fn ours(stmt: *mut pg_sys::CreatedbStmt, top_level: bool) -> bool {
+unsafe fn ours(stmt: *mut pg_sys::CreatedbStmt, top_level: bool) -> Option<Vec<CloneStep>> {
     let strategy = options::requested_strategy(stmt);
     if strategy == Strategy::Core {
-        return false;
+        return None;
     }
     if !gucs::ENABLED.get() {
         if strategy == Strategy::Snapshot {
@@ -191,7 +193,7 @@ unsafe fn ours(stmt: *mut pg_sys::CreatedbStmt, top_level: bool) -> bool {
             .hint("SET pg_branch.enabled = on, or choose STRATEGY WAL_LOG or FILE_COPY.")
             .error();
         }
-        return false;
+        return None;
     }
 
     // The order of standard_ProcessUtility() for a CREATE DATABASE.
@@ -203,32 +205,29 @@ unsafe fn ours(stmt: *mut pg_sys::CreatedbStmt, top_level: bool) -> bool {
     pg_sys::PreventInTransactionBlock(top_level, c"CREATE DATABASE".as_ptr());
 
     let template_name = options::peek(stmt, "template").unwrap_or_else(|| c"template1".to_owned());
-    let Some(template) = catalog::lock_database(&template_name, pg_sys::NoLock as _) else {
-        return false;
-    };
+    // A template that does not exist: core says so, in its words.
+    let template = catalog::lock_database(&template_name, pg_sys::NoLock as _)?;
     // A role that may not make this database gets core's error from
     // branch::createdb, in core's order, before pg_branch looks at any
     // filesystem (whose probe would create a file in the target
     // tablespace, and whose NOTICE would show paths).
     if !branch::may_copy(&template) {
-        return true;
+        return Some(Vec::new());
     }
     let dst_tablespace = match options::peek(stmt, "tablespace") {
         None => template.tablespace,
         Some(name) => match pg_sys::get_tablespace_oid(name.as_ptr(), true) {
             // Core reports a missing tablespace, and refuses pg_global.
-            oid if oid == pg_sys::InvalidOid || oid == pg_sys::GLOBALTABLESPACE_OID => {
-                return false
-            }
+            oid if oid == pg_sys::InvalidOid || oid == pg_sys::GLOBALTABLESPACE_OID => return None,
             oid => oid,
         },
     };
     match branch::plan(template.oid, template.tablespace, dst_tablespace) {
-        Ok(Ok(_)) => true,
+        Plan::Clone(steps) => Some(steps),
         // A filesystem error: ours to report, after core's validation of
         // the statement (branch::createdb plans again at core's point).
-        Err(_) => true,
-        Ok(Err(why)) if strategy == Strategy::Snapshot => Report::new(
+        Plan::Failed(_) => Some(Vec::new()),
+        Plan::Core(why) if strategy == Strategy::Snapshot => Report::new(
             PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
             format!(
                 "cannot create database with STRATEGY SNAPSHOT from template \"{}\"",
@@ -238,7 +237,7 @@ unsafe fn ours(stmt: *mut pg_sys::CreatedbStmt, top_level: bool) -> bool {
         .detail(why.reason)
         .hint("Use STRATEGY WAL_LOG or FILE_COPY, or move the data directory to btrfs or XFS with reflink.")
         .error(),
-        Ok(Err(why)) => {
+        Plan::Core(why) => {
             Report::new(
                 PgSqlErrorCode::ERRCODE_SUCCESSFUL_COMPLETION,
                 format!(
@@ -248,7 +247,7 @@ unsafe fn ours(stmt: *mut pg_sys::CreatedbStmt, top_level: bool) -> bool {
             )
             .detail(why.reason)
             .notice();
-            false
+            None
         }
     }
 }
