@@ -57,7 +57,8 @@ if [ $# -eq 0 ]; then
                 cargo clippy --all-targets --no-default-features --features "pg$v" -- -D warnings
         fi
     done
-    step "pyflakes (test and benchmark scripts)" "$VENV/bin/pyflakes" tests bench
+    step "pyflakes (test and benchmark scripts)" "$VENV/bin/pyflakes" tests bench scripts
+    step "no import circles between modules" python3 scripts/import_cycles.py src storage/src
     say "storage tests on btrfs, XFS and ext4 loop mounts"
     if out=$(cargo test -p pg_branch_storage 2>&1); then :; else failed=$((failed + 1)); fi
     echo "$out"
