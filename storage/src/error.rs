@@ -1,14 +1,14 @@
 //! The crate's error type: a failed filesystem operation with the path it
 //! failed on, and the `strerror()` text its message ends with.
 
-use std::fmt;
 use std::io;
 use std::path::{Path, PathBuf};
 
 /// A failed filesystem operation, with the path it failed on: what users
 /// need to see ("could not reflink file \"…/16384\": No space left on
 /// device"), and the errno the server maps to a SQLSTATE.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
+#[error("could not {op} \"{}\": {}", .path.display(), errno_text(.source))]
 pub struct Error {
     /// What was being done, as a verb phrase: "reflink file", "create directory".
     pub op: &'static str,
@@ -31,18 +31,6 @@ impl Error {
     }
 }
 
-impl fmt::Display for Error {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "could not {} \"{}\": {}",
-            self.op,
-            self.path.display(),
-            errno_text(&self.source)
-        )
-    }
-}
-
 /// `strerror()` of an OS error, without Rust's " (os error N)" suffix, so
 /// messages read like the server's own `%m`.
 pub fn errno_text(e: &io::Error) -> String {
@@ -56,8 +44,37 @@ pub fn errno_text(e: &io::Error) -> String {
     }
 }
 
-impl std::error::Error for Error {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        Some(&self.source)
+#[cfg(test)]
+mod tests {
+    use super::Error;
+    use std::io;
+
+    /// The server shows these messages as they are, and tests compare them.
+    #[test]
+    fn messages_read_like_the_servers() {
+        let e = Error {
+            op: "reflink file",
+            path: "/data/base/16384/1259".into(),
+            source: io::Error::from_raw_os_error(libc::ENOSPC),
+        };
+        assert_eq!(
+            e.to_string(),
+            "could not reflink file \"/data/base/16384/1259\": No space left on device"
+        );
+        assert_eq!(e.raw_os_error(), Some(libc::ENOSPC));
+        let source = std::error::Error::source(&e).expect("the io::Error is the source");
+        assert_eq!(
+            source.to_string(),
+            io::Error::from_raw_os_error(libc::ENOSPC).to_string()
+        );
+        let e = Error {
+            op: "convert",
+            path: "/data/base/16384".into(),
+            source: io::Error::new(io::ErrorKind::Unsupported, "only btrfs has subvolumes"),
+        };
+        assert_eq!(
+            e.to_string(),
+            "could not convert \"/data/base/16384\": only btrfs has subvolumes"
+        );
     }
 }
