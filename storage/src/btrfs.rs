@@ -1,7 +1,6 @@
 //! The two btrfs ioctls pg_branch needs, declared from `linux/btrfs.h`
 //! (libbtrfsutil would add a C library dependency for two calls).
 
-use crate::ioctl::{ior, iow};
 use std::ffi::CString;
 use std::fs::File;
 use std::io;
@@ -35,13 +34,18 @@ struct VolArgsV2 {
 const _: () = assert!(mem::size_of::<VolArgs>() == 4096);
 const _: () = assert!(mem::size_of::<VolArgsV2>() == 4096);
 
-const BTRFS_IOCTL_MAGIC: u8 = 0x94;
+// The request numbers libc lacks, built by libc's `_IOW` / `_IOR`, which
+// encode them as the kernel's macros do on the architecture we are built for:
+// the layout is not the same everywhere (PowerPC, MIPS and SPARC have 3
+// direction bits and 13 size bits), and a number hard-coded for x86_64 would
+// be a different request there, which the kernel answers with ENOTTY.
+const BTRFS_IOCTL_MAGIC: u32 = 0x94;
 /// `_IOW(BTRFS_IOCTL_MAGIC, 14, struct btrfs_ioctl_vol_args)`.
-pub(crate) const BTRFS_IOC_SUBVOL_CREATE: u64 =
-    iow(BTRFS_IOCTL_MAGIC, 14, mem::size_of::<VolArgs>());
+pub(crate) const BTRFS_IOC_SUBVOL_CREATE: libc::c_ulong =
+    libc::_IOW::<VolArgs>(BTRFS_IOCTL_MAGIC, 14) as _;
 /// `_IOW(BTRFS_IOCTL_MAGIC, 23, struct btrfs_ioctl_vol_args_v2)`.
-pub(crate) const BTRFS_IOC_SNAP_CREATE_V2: u64 =
-    iow(BTRFS_IOCTL_MAGIC, 23, mem::size_of::<VolArgsV2>());
+pub(crate) const BTRFS_IOC_SNAP_CREATE_V2: libc::c_ulong =
+    libc::_IOW::<VolArgsV2>(BTRFS_IOCTL_MAGIC, 23) as _;
 
 /// `struct btrfs_ioctl_fs_info_args`: 1024 bytes; we read `fsid` only.
 #[repr(C)]
@@ -53,7 +57,8 @@ struct FsInfoArgs {
 }
 const _: () = assert!(mem::size_of::<FsInfoArgs>() == 1024);
 /// `_IOR(BTRFS_IOCTL_MAGIC, 31, struct btrfs_ioctl_fs_info_args)`.
-pub(crate) const BTRFS_IOC_FS_INFO: u64 = ior(BTRFS_IOCTL_MAGIC, 31, mem::size_of::<FsInfoArgs>());
+pub(crate) const BTRFS_IOC_FS_INFO: libc::c_ulong =
+    libc::_IOR::<FsInfoArgs>(BTRFS_IOCTL_MAGIC, 31) as _;
 
 /// The UUID of the btrfs filesystem holding `path`. Unlike `st_dev` and
 /// `f_fsid`, which differ between subvolumes, it names the filesystem.
@@ -150,4 +155,32 @@ fn copy_name(buf: &mut [u8], name: &[u8]) -> io::Result<()> {
 fn cstring(path: &Path) -> io::Result<CString> {
     CString::new(path.as_os_str().as_bytes())
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains NUL"))
+}
+
+#[cfg(test)]
+mod tests {
+    /// The numbers `<linux/fs.h>` and `<linux/btrfs.h>` give on x86_64 and
+    /// aarch64 (asm-generic); libc computes them the same way elsewhere.
+    #[test]
+    #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+    fn asm_generic_numbers_match_the_kernel_headers() {
+        assert_eq!(libc::FICLONE, 0x4004_9409);
+        assert_eq!(libc::FS_IOC_GETFLAGS, 0x8008_6601);
+        assert_eq!(super::BTRFS_IOC_SUBVOL_CREATE, 0x5000_940e);
+        assert_eq!(super::BTRFS_IOC_SNAP_CREATE_V2, 0x5000_9417);
+        assert_eq!(super::BTRFS_IOC_FS_INFO, 0x8400_941f);
+    }
+
+    /// PowerPC's layout, computed by hand from its `<asm/ioctl.h>`.
+    #[test]
+    fn the_three_direction_bit_layout() {
+        let ppc_iow = |ty: libc::c_ulong, nr: libc::c_ulong, size: libc::c_ulong| {
+            (4 << 29) | (size << 16) | (ty << 8) | nr
+        };
+        assert_eq!(ppc_iow(0x94, 9, 4), 0x8004_9409, "FICLONE on ppc64le");
+        // Here, on an asm-generic machine, the same request is spelt
+        // differently: the two layouts really differ.
+        #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+        assert_ne!(libc::FICLONE, ppc_iow(0x94, 9, 4));
+    }
 }

@@ -24,7 +24,6 @@ mod clone;
 mod convert;
 mod error;
 mod fsutil;
-mod ioctl;
 mod mark;
 mod mountinfo;
 mod names;
