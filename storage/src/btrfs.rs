@@ -1,7 +1,6 @@
 //! The two btrfs ioctls pg_branch needs, declared from `linux/btrfs.h`
 //! (libbtrfsutil would add a C library dependency for two calls).
 
-use std::ffi::CString;
 use std::fs::File;
 use std::io;
 use std::mem;
@@ -74,13 +73,7 @@ pub fn fsid(path: &Path) -> io::Result<[u8; 16]> {
 }
 
 pub fn statfs_magic(path: &Path) -> io::Result<i64> {
-    let c = cstring(path)?;
-    // SAFETY: `c` is a valid NUL-terminated path and `buf` a writable statfs.
-    let mut buf: libc::statfs = unsafe { mem::zeroed() };
-    if unsafe { libc::statfs(c.as_ptr(), &mut buf) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(buf.f_type as i64)
+    Ok(nix::sys::statfs::statfs(path)?.filesystem_type().0 as i64)
 }
 
 pub fn is_btrfs(path: &Path) -> io::Result<bool> {
@@ -150,11 +143,6 @@ fn copy_name(buf: &mut [u8], name: &[u8]) -> io::Result<()> {
     }
     buf[..name.len()].copy_from_slice(name);
     Ok(())
-}
-
-fn cstring(path: &Path) -> io::Result<CString> {
-    CString::new(path.as_os_str().as_bytes())
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains NUL"))
 }
 
 #[cfg(test)]

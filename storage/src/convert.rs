@@ -5,8 +5,9 @@
 use crate::btrfs;
 use crate::clone::reflink_files;
 use crate::error::Error;
-use crate::fsutil::{cpath, dir_mode, fsync_path, parent_of, remove_dir};
+use crate::fsutil::{dir_mode, fsync_path, parent_of, remove_dir};
 use crate::names::CONVERT_SUFFIX;
+use nix::fcntl::{renameat2, RenameFlags, AT_FDCWD};
 use std::fs;
 use std::io;
 use std::path::Path;
@@ -95,22 +96,6 @@ pub fn convert_to_subvolume(dir: &Path) -> Result<Converted, Error> {
 
 /// Atomically swap the directory entries `a` and `b` (same parent).
 fn exchange(a: &Path, b: &Path) -> Result<(), Error> {
-    let ca = cpath(a)?;
-    let cb = cpath(b)?;
-    // SAFETY: both are NUL-terminated paths that outlive the call.
-    let rc = unsafe {
-        libc::renameat2(
-            libc::AT_FDCWD,
-            ca.as_ptr(),
-            libc::AT_FDCWD,
-            cb.as_ptr(),
-            libc::RENAME_EXCHANGE,
-        )
-    };
-    if rc != 0 {
-        return Err(Error::at("swap in the subvolume built for", a)(
-            io::Error::last_os_error(),
-        ));
-    }
-    Ok(())
+    renameat2(AT_FDCWD, a, AT_FDCWD, b, RenameFlags::RENAME_EXCHANGE)
+        .map_err(|e| Error::at("swap in the subvolume built for", a)(e.into()))
 }

@@ -17,15 +17,6 @@ pub(crate) fn dir_mode(dir: &Path) -> Result<u32, Error> {
         & 0o777)
 }
 
-pub(crate) fn cpath(p: &Path) -> Result<std::ffi::CString, Error> {
-    use std::os::unix::ffi::OsStrExt;
-    std::ffi::CString::new(p.as_os_str().as_bytes()).map_err(|_| Error {
-        op: "use path",
-        path: p.to_path_buf(),
-        source: io::Error::from(io::ErrorKind::InvalidInput),
-    })
-}
-
 pub(crate) fn read_dir(dir: &Path) -> Result<fs::ReadDir, Error> {
     fs::read_dir(dir).map_err(Error::at("read directory", dir))
 }
@@ -43,11 +34,7 @@ pub(crate) fn read_dir(dir: &Path) -> Result<fs::ReadDir, Error> {
 /// because the transaction commit was the larger part.
 pub fn presync(dir: &Path) -> io::Result<()> {
     let d = File::open(dir)?;
-    // SAFETY: `d` is an open descriptor for the duration of the call.
-    if unsafe { libc::syncfs(std::os::unix::io::AsRawFd::as_raw_fd(&d)) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
+    Ok(nix::unistd::syncfs(&d)?)
 }
 
 /// Remove a directory made by [`clone_dir`](crate::clone_dir) (a subvolume or a plain

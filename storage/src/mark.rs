@@ -1,8 +1,9 @@
 //! Record marks: the extended attribute that says which WAL record a
 //! replayed branch directory was built for.
 
-use crate::fsutil::cpath;
+use std::ffi::CString;
 use std::io;
+use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
 /// The extended attribute that names the WAL record a replayed branch
@@ -19,7 +20,7 @@ const RECORD_MARK: &std::ffi::CStr = c"user.pg_branch.record";
 /// file of a database directory for a relation. Nothing copies it but a
 /// snapshot of the directory: not pg_basebackup, not pg_rewind, not cp.
 pub fn set_record_mark(dir: &Path, mark: &str) -> io::Result<()> {
-    let path = cpath(dir).map_err(|e| e.source)?;
+    let path = cpath(dir)?;
     // SAFETY: NUL-terminated path and name, and a buffer of `mark.len()`
     // bytes, all valid for the call.
     let rc = unsafe {
@@ -40,7 +41,7 @@ pub fn set_record_mark(dir: &Path, mark: &str) -> io::Result<()> {
 /// The mark [`set_record_mark`] left on `dir`, if any (None also where the
 /// filesystem has no extended attributes).
 pub fn record_mark(dir: &Path) -> io::Result<Option<String>> {
-    let path = cpath(dir).map_err(|e| e.source)?;
+    let path = cpath(dir)?;
     let mut buf = [0u8; 128];
     // SAFETY: NUL-terminated path and name; `buf` is writable for its length.
     let n = unsafe {
@@ -61,4 +62,8 @@ pub fn record_mark(dir: &Path) -> io::Result<Option<String>> {
     Ok(Some(
         String::from_utf8_lossy(&buf[..n as usize]).into_owned(),
     ))
+}
+
+fn cpath(p: &Path) -> io::Result<CString> {
+    CString::new(p.as_os_str().as_bytes()).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))
 }
