@@ -59,16 +59,65 @@ const _: () = assert!(mem::size_of::<FsInfoArgs>() == 1024);
 pub(crate) const BTRFS_IOC_FS_INFO: libc::c_ulong =
     libc::_IOR::<FsInfoArgs>(BTRFS_IOCTL_MAGIC, 31) as _;
 
+/// The three requests as functions, typed by nix: each takes the descriptor
+/// it acts on and a pointer to the argument struct its number was built
+/// for, and returns the errno on failure.
+mod ioctl {
+    use super::{FsInfoArgs, VolArgs, VolArgsV2};
+    use super::{BTRFS_IOC_FS_INFO, BTRFS_IOC_SNAP_CREATE_V2, BTRFS_IOC_SUBVOL_CREATE};
+
+    nix::ioctl_write_ptr_bad!(
+        /// Create the empty subvolume named `(*data).name` in directory `fd`.
+        ///
+        /// # Safety
+        ///
+        /// `fd` must be an open directory, and `data` must point to an
+        /// initialised `VolArgs`, its name NUL-terminated, valid for the call.
+        subvol_create,
+        BTRFS_IOC_SUBVOL_CREATE,
+        VolArgs
+    );
+    nix::ioctl_write_ptr_bad!(
+        /// Snapshot the subvolume open as `(*data).fd` into directory `fd`
+        /// under `(*data).name`.
+        ///
+        /// # Safety
+        ///
+        /// `fd` must be an open directory, and `data` must point to an
+        /// initialised `VolArgsV2`, valid for the call, whose `fd` is an open
+        /// subvolume, whose name is NUL-terminated and whose `flags` are 0 (with
+        /// `BTRFS_SUBVOL_CREATE_ASYNC`, old kernels write `transid` back).
+        snap_create_v2,
+        BTRFS_IOC_SNAP_CREATE_V2,
+        VolArgsV2
+    );
+    nix::ioctl_read_bad!(
+        /// Fill `*data` with the facts of the btrfs filesystem holding `fd`.
+        ///
+        /// # Safety
+        ///
+        /// `fd` must be open, and `data` must point to a writable
+        /// `FsInfoArgs` (all 1024 bytes: the kernel writes it whole) valid
+        /// for the call.
+        fs_info,
+        BTRFS_IOC_FS_INFO,
+        FsInfoArgs
+    );
+}
+
 /// The UUID of the btrfs filesystem holding `path`. Unlike `st_dev` and
 /// `f_fsid`, which differ between subvolumes, it names the filesystem.
 pub fn fsid(path: &Path) -> io::Result<[u8; 16]> {
     let f = File::open(path)?;
-    // SAFETY: zeroed plain-data struct of the size the ioctl writes.
-    let mut args: FsInfoArgs = unsafe { mem::zeroed() };
-    // SAFETY: `f` is open and `args` is a writable 1024-byte struct.
-    if unsafe { libc::ioctl(f.as_raw_fd(), BTRFS_IOC_FS_INFO as _, &mut args) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
+    let mut args = FsInfoArgs {
+        max_id: 0,
+        num_devices: 0,
+        fsid: [0; 16],
+        rest: [0; 992],
+    };
+    // SAFETY: `f` is open, and `args` is a writable FsInfoArgs that
+    // outlives the call.
+    unsafe { ioctl::fs_info(f.as_raw_fd(), &mut args) }?;
     Ok(args.fsid)
 }
 
@@ -99,11 +148,9 @@ pub fn snapshot(src: &Path, dst: &Path) -> io::Result<()> {
     };
     copy_name(&mut args.name, name)?;
     // SAFETY: `parent` is an open directory and `args` a properly sized,
-    // initialised btrfs_ioctl_vol_args_v2 that outlives the call.
-    let rc = unsafe { libc::ioctl(parent.as_raw_fd(), BTRFS_IOC_SNAP_CREATE_V2 as _, &mut args) };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
+    // initialised btrfs_ioctl_vol_args_v2 that outlives the call: `src_dir`
+    // is open, `copy_name` left the name NUL-terminated, and flags are 0.
+    unsafe { ioctl::snap_create_v2(parent.as_raw_fd(), &args) }?;
     Ok(())
 }
 
@@ -116,10 +163,7 @@ pub fn create_subvolume(dst: &Path, mode: u32) -> io::Result<()> {
     };
     copy_name(&mut args.name, name)?;
     // SAFETY: as in `snapshot`, with a btrfs_ioctl_vol_args.
-    let rc = unsafe { libc::ioctl(parent.as_raw_fd(), BTRFS_IOC_SUBVOL_CREATE as _, &mut args) };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
+    unsafe { ioctl::subvol_create(parent.as_raw_fd(), &args) }?;
     // A new subvolume root is created 0755 whatever the umask; the caller
     // gives the mode PostgreSQL's directory has (0700, or 0750 in a cluster
     // made with initdb -g).

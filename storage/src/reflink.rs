@@ -1,20 +1,44 @@
 //! Per-file clones with `FICLONE`, the filesystem-neutral reflink ioctl
 //! (btrfs, XFS with reflink=1, OpenZFS >= 2.2, bcachefs).
 
+use nix::errno::Errno;
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::os::unix::io::AsRawFd;
 use std::path::Path;
 
+/// The two requests as functions, typed by nix, with libc's numbers.
+mod ioctl {
+    nix::ioctl_write_int_bad!(
+        /// Make the file open as `fd` share all the extents of the file
+        /// open as `data` (its contents become `data`'s).
+        ///
+        /// # Safety
+        ///
+        /// `fd` and `data` must be open descriptors for the call. FICLONE
+        /// takes the source descriptor by value and touches no user memory.
+        ficlone,
+        libc::FICLONE
+    );
+    nix::ioctl_read_bad!(
+        /// Write the inode flags of the file open as `fd` into `*data`.
+        ///
+        /// # Safety
+        ///
+        /// `fd` must be open, and `data` must point to a writable `c_long`
+        /// valid for the call.
+        get_flags,
+        libc::FS_IOC_GETFLAGS,
+        libc::c_long
+    );
+}
+
 pub fn ficlone(src: &File, dst: &File) -> io::Result<()> {
     // SAFETY: both descriptors are open for the duration of the call;
     // FICLONE takes the source descriptor by value and writes nothing to
     // user memory.
-    let rc = unsafe { libc::ioctl(dst.as_raw_fd(), libc::FICLONE, src.as_raw_fd()) };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
+    unsafe { ioctl::ficlone(dst.as_raw_fd(), src.as_raw_fd()) }?;
     Ok(())
 }
 
@@ -27,15 +51,12 @@ pub fn is_nocow(file: &Path) -> io::Result<bool> {
     let f = File::open(file)?;
     let mut flags: libc::c_long = 0;
     // SAFETY: `f` is open; the ioctl writes one long into `flags`.
-    if unsafe { libc::ioctl(f.as_raw_fd(), libc::FS_IOC_GETFLAGS, &mut flags) } != 0 {
-        let e = io::Error::last_os_error();
+    match unsafe { ioctl::get_flags(f.as_raw_fd(), &mut flags) } {
+        Ok(_) => Ok(flags & FS_NOCOW_FL != 0),
         // Filesystems without inode flags have no NOCOW files either.
-        return match e.raw_os_error() {
-            Some(libc::ENOTTY) | Some(libc::EOPNOTSUPP) | Some(libc::EINVAL) => Ok(false),
-            _ => Err(e),
-        };
+        Err(Errno::ENOTTY | Errno::EOPNOTSUPP | Errno::EINVAL) => Ok(false),
+        Err(e) => Err(e.into()),
     }
-    Ok(flags & FS_NOCOW_FL != 0)
 }
 
 /// Clone `src` into a new file `dst` (which must not exist), with the
