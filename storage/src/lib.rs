@@ -16,8 +16,11 @@
 //! to PostgreSQL's own copy.
 //!
 //! This crate knows nothing about PostgreSQL's server: it is plain Rust over
-//! `libc`, so its tests run on real loop-mounted filesystems without a
-//! server (see `tests/`).
+//! `libc` and `nix`, so its tests run on real loop-mounted filesystems
+//! without a server (see `tests/`).
+
+#![deny(unsafe_op_in_unsafe_fn)]
+#![warn(clippy::undocumented_unsafe_blocks)]
 
 mod btrfs;
 mod clone;
