@@ -1,8 +1,6 @@
 //! The two btrfs ioctls pg_branch needs, declared from `linux/btrfs.h`
 //! (libbtrfsutil would add a C library dependency for two calls).
 
-use crate::ioctl::{ior, iow};
-use std::ffi::CString;
 use std::fs::File;
 use std::io;
 use std::mem;
@@ -35,13 +33,18 @@ struct VolArgsV2 {
 const _: () = assert!(mem::size_of::<VolArgs>() == 4096);
 const _: () = assert!(mem::size_of::<VolArgsV2>() == 4096);
 
-const BTRFS_IOCTL_MAGIC: u8 = 0x94;
+// The request numbers libc lacks, built by libc's `_IOW` / `_IOR`, which
+// encode them as the kernel's macros do on the architecture we are built for:
+// the layout is not the same everywhere (PowerPC, MIPS and SPARC have 3
+// direction bits and 13 size bits), and a number hard-coded for x86_64 would
+// be a different request there, which the kernel answers with ENOTTY.
+const BTRFS_IOCTL_MAGIC: u32 = 0x94;
 /// `_IOW(BTRFS_IOCTL_MAGIC, 14, struct btrfs_ioctl_vol_args)`.
-pub(crate) const BTRFS_IOC_SUBVOL_CREATE: u64 =
-    iow(BTRFS_IOCTL_MAGIC, 14, mem::size_of::<VolArgs>());
+pub(crate) const BTRFS_IOC_SUBVOL_CREATE: libc::c_ulong =
+    libc::_IOW::<VolArgs>(BTRFS_IOCTL_MAGIC, 14) as _;
 /// `_IOW(BTRFS_IOCTL_MAGIC, 23, struct btrfs_ioctl_vol_args_v2)`.
-pub(crate) const BTRFS_IOC_SNAP_CREATE_V2: u64 =
-    iow(BTRFS_IOCTL_MAGIC, 23, mem::size_of::<VolArgsV2>());
+pub(crate) const BTRFS_IOC_SNAP_CREATE_V2: libc::c_ulong =
+    libc::_IOW::<VolArgsV2>(BTRFS_IOCTL_MAGIC, 23) as _;
 
 /// `struct btrfs_ioctl_fs_info_args`: 1024 bytes; we read `fsid` only.
 #[repr(C)]
@@ -53,29 +56,73 @@ struct FsInfoArgs {
 }
 const _: () = assert!(mem::size_of::<FsInfoArgs>() == 1024);
 /// `_IOR(BTRFS_IOCTL_MAGIC, 31, struct btrfs_ioctl_fs_info_args)`.
-pub(crate) const BTRFS_IOC_FS_INFO: u64 = ior(BTRFS_IOCTL_MAGIC, 31, mem::size_of::<FsInfoArgs>());
+pub(crate) const BTRFS_IOC_FS_INFO: libc::c_ulong =
+    libc::_IOR::<FsInfoArgs>(BTRFS_IOCTL_MAGIC, 31) as _;
+
+/// The three requests as functions, typed by nix: each takes the descriptor
+/// it acts on and a pointer to the argument struct its number was built
+/// for, and returns the errno on failure.
+mod ioctl {
+    use super::{FsInfoArgs, VolArgs, VolArgsV2};
+    use super::{BTRFS_IOC_FS_INFO, BTRFS_IOC_SNAP_CREATE_V2, BTRFS_IOC_SUBVOL_CREATE};
+
+    nix::ioctl_write_ptr_bad!(
+        /// Create the empty subvolume named `(*data).name` in directory `fd`.
+        ///
+        /// # Safety
+        ///
+        /// `fd` must be an open directory, and `data` must point to an
+        /// initialised `VolArgs`, its name NUL-terminated, valid for the call.
+        subvol_create,
+        BTRFS_IOC_SUBVOL_CREATE,
+        VolArgs
+    );
+    nix::ioctl_write_ptr_bad!(
+        /// Snapshot the subvolume open as `(*data).fd` into directory `fd`
+        /// under `(*data).name`.
+        ///
+        /// # Safety
+        ///
+        /// `fd` must be an open directory, and `data` must point to an
+        /// initialised `VolArgsV2`, valid for the call, whose `fd` is an open
+        /// subvolume, whose name is NUL-terminated and whose `flags` are 0 (with
+        /// `BTRFS_SUBVOL_CREATE_ASYNC`, old kernels write `transid` back).
+        snap_create_v2,
+        BTRFS_IOC_SNAP_CREATE_V2,
+        VolArgsV2
+    );
+    nix::ioctl_read_bad!(
+        /// Fill `*data` with the facts of the btrfs filesystem holding `fd`.
+        ///
+        /// # Safety
+        ///
+        /// `fd` must be open, and `data` must point to a writable
+        /// `FsInfoArgs` (all 1024 bytes: the kernel writes it whole) valid
+        /// for the call.
+        fs_info,
+        BTRFS_IOC_FS_INFO,
+        FsInfoArgs
+    );
+}
 
 /// The UUID of the btrfs filesystem holding `path`. Unlike `st_dev` and
 /// `f_fsid`, which differ between subvolumes, it names the filesystem.
 pub fn fsid(path: &Path) -> io::Result<[u8; 16]> {
     let f = File::open(path)?;
-    // SAFETY: zeroed plain-data struct of the size the ioctl writes.
-    let mut args: FsInfoArgs = unsafe { mem::zeroed() };
-    // SAFETY: `f` is open and `args` is a writable 1024-byte struct.
-    if unsafe { libc::ioctl(f.as_raw_fd(), BTRFS_IOC_FS_INFO as _, &mut args) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
+    let mut args = FsInfoArgs {
+        max_id: 0,
+        num_devices: 0,
+        fsid: [0; 16],
+        rest: [0; 992],
+    };
+    // SAFETY: `f` is open, and `args` is a writable FsInfoArgs that
+    // outlives the call.
+    unsafe { ioctl::fs_info(f.as_raw_fd(), &mut args) }?;
     Ok(args.fsid)
 }
 
 pub fn statfs_magic(path: &Path) -> io::Result<i64> {
-    let c = cstring(path)?;
-    // SAFETY: `c` is a valid NUL-terminated path and `buf` a writable statfs.
-    let mut buf: libc::statfs = unsafe { mem::zeroed() };
-    if unsafe { libc::statfs(c.as_ptr(), &mut buf) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(buf.f_type as i64)
+    Ok(nix::sys::statfs::statfs(path)?.filesystem_type().0 as i64)
 }
 
 pub fn is_btrfs(path: &Path) -> io::Result<bool> {
@@ -101,11 +148,9 @@ pub fn snapshot(src: &Path, dst: &Path) -> io::Result<()> {
     };
     copy_name(&mut args.name, name)?;
     // SAFETY: `parent` is an open directory and `args` a properly sized,
-    // initialised btrfs_ioctl_vol_args_v2 that outlives the call.
-    let rc = unsafe { libc::ioctl(parent.as_raw_fd(), BTRFS_IOC_SNAP_CREATE_V2 as _, &mut args) };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
+    // initialised btrfs_ioctl_vol_args_v2 that outlives the call: `src_dir`
+    // is open, `copy_name` left the name NUL-terminated, and flags are 0.
+    unsafe { ioctl::snap_create_v2(parent.as_raw_fd(), &args) }?;
     Ok(())
 }
 
@@ -118,10 +163,7 @@ pub fn create_subvolume(dst: &Path, mode: u32) -> io::Result<()> {
     };
     copy_name(&mut args.name, name)?;
     // SAFETY: as in `snapshot`, with a btrfs_ioctl_vol_args.
-    let rc = unsafe { libc::ioctl(parent.as_raw_fd(), BTRFS_IOC_SUBVOL_CREATE as _, &mut args) };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
+    unsafe { ioctl::subvol_create(parent.as_raw_fd(), &args) }?;
     // A new subvolume root is created 0755 whatever the umask; the caller
     // gives the mode PostgreSQL's directory has (0700, or 0750 in a cluster
     // made with initdb -g).
@@ -147,7 +189,30 @@ fn copy_name(buf: &mut [u8], name: &[u8]) -> io::Result<()> {
     Ok(())
 }
 
-fn cstring(path: &Path) -> io::Result<CString> {
-    CString::new(path.as_os_str().as_bytes())
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains NUL"))
+#[cfg(test)]
+mod tests {
+    /// The numbers `<linux/fs.h>` and `<linux/btrfs.h>` give on x86_64 and
+    /// aarch64 (asm-generic); libc computes them the same way elsewhere.
+    #[test]
+    #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+    fn asm_generic_numbers_match_the_kernel_headers() {
+        assert_eq!(libc::FICLONE, 0x4004_9409);
+        assert_eq!(libc::FS_IOC_GETFLAGS, 0x8008_6601);
+        assert_eq!(super::BTRFS_IOC_SUBVOL_CREATE, 0x5000_940e);
+        assert_eq!(super::BTRFS_IOC_SNAP_CREATE_V2, 0x5000_9417);
+        assert_eq!(super::BTRFS_IOC_FS_INFO, 0x8400_941f);
+    }
+
+    /// PowerPC's layout, computed by hand from its `<asm/ioctl.h>`.
+    #[test]
+    fn the_three_direction_bit_layout() {
+        let ppc_iow = |ty: libc::c_ulong, nr: libc::c_ulong, size: libc::c_ulong| {
+            (4 << 29) | (size << 16) | (ty << 8) | nr
+        };
+        assert_eq!(ppc_iow(0x94, 9, 4), 0x8004_9409, "FICLONE on ppc64le");
+        // Here, on an asm-generic machine, the same request is spelt
+        // differently: the two layouts really differ.
+        #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+        assert_ne!(libc::FICLONE, ppc_iow(0x94, 9, 4));
+    }
 }

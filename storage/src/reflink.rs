@@ -1,29 +1,48 @@
 //! Per-file clones with `FICLONE`, the filesystem-neutral reflink ioctl
 //! (btrfs, XFS with reflink=1, OpenZFS >= 2.2, bcachefs).
 
-use crate::ioctl::{ior, iow};
+use nix::errno::Errno;
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::os::unix::io::AsRawFd;
 use std::path::Path;
 
-/// `_IOW(0x94, 9, int)` from `linux/fs.h`.
-pub(crate) const FICLONE: u64 = iow(0x94, 9, std::mem::size_of::<libc::c_int>());
+/// The two requests as functions, typed by nix, with libc's numbers.
+mod ioctl {
+    nix::ioctl_write_int_bad!(
+        /// Make the file open as `fd` share all the extents of the file
+        /// open as `data` (its contents become `data`'s).
+        ///
+        /// # Safety
+        ///
+        /// `fd` and `data` must be open descriptors for the call. FICLONE
+        /// takes the source descriptor by value and touches no user memory.
+        ficlone,
+        libc::FICLONE
+    );
+    nix::ioctl_read_bad!(
+        /// Write the inode flags of the file open as `fd` into `*data`.
+        ///
+        /// # Safety
+        ///
+        /// `fd` must be open, and `data` must point to a writable `c_long`
+        /// valid for the call.
+        get_flags,
+        libc::FS_IOC_GETFLAGS,
+        libc::c_long
+    );
+}
 
 pub fn ficlone(src: &File, dst: &File) -> io::Result<()> {
     // SAFETY: both descriptors are open for the duration of the call;
     // FICLONE takes the source descriptor by value and writes nothing to
     // user memory.
-    let rc = unsafe { libc::ioctl(dst.as_raw_fd(), FICLONE as _, src.as_raw_fd()) };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
+    unsafe { ioctl::ficlone(dst.as_raw_fd(), src.as_raw_fd()) }?;
     Ok(())
 }
 
-/// `_IOR('f', 1, long)` and the attribute `chattr +C` sets (linux/fs.h).
-pub(crate) const FS_IOC_GETFLAGS: u64 = ior(b'f', 1, std::mem::size_of::<libc::c_long>());
+/// The attribute `chattr +C` sets (linux/fs.h), read with `FS_IOC_GETFLAGS`.
 const FS_NOCOW_FL: libc::c_long = 0x0080_0000;
 
 /// Whether `file` has btrfs's No_COW attribute (`chattr +C`, common advice
@@ -32,15 +51,12 @@ pub fn is_nocow(file: &Path) -> io::Result<bool> {
     let f = File::open(file)?;
     let mut flags: libc::c_long = 0;
     // SAFETY: `f` is open; the ioctl writes one long into `flags`.
-    if unsafe { libc::ioctl(f.as_raw_fd(), FS_IOC_GETFLAGS as _, &mut flags) } != 0 {
-        let e = io::Error::last_os_error();
+    match unsafe { ioctl::get_flags(f.as_raw_fd(), &mut flags) } {
+        Ok(_) => Ok(flags & FS_NOCOW_FL != 0),
         // Filesystems without inode flags have no NOCOW files either.
-        return match e.raw_os_error() {
-            Some(libc::ENOTTY) | Some(libc::EOPNOTSUPP) | Some(libc::EINVAL) => Ok(false),
-            _ => Err(e),
-        };
+        Err(Errno::ENOTTY | Errno::EOPNOTSUPP | Errno::EINVAL) => Ok(false),
+        Err(e) => Err(e.into()),
     }
-    Ok(flags & FS_NOCOW_FL != 0)
 }
 
 /// Clone `src` into a new file `dst` (which must not exist), with the
