@@ -26,11 +26,13 @@ mod ioctl {
         ///
         /// # Safety
         ///
-        /// `fd` must be open, and `data` must point to a writable `c_long`
-        /// valid for the call.
+        /// `fd` must be open, and `data` must point to a writable `c_int`
+        /// valid for the call. (The request number says `long`, but every
+        /// filesystem writes an `int`: linux/fs.h and the kernel's
+        /// `put_user(flags, (int __user *)arg)`.)
         get_flags,
         libc::FS_IOC_GETFLAGS,
-        libc::c_long
+        libc::c_int
     );
 }
 
@@ -43,14 +45,14 @@ pub fn ficlone(src: &File, dst: &File) -> io::Result<()> {
 }
 
 /// The attribute `chattr +C` sets (linux/fs.h), read with `FS_IOC_GETFLAGS`.
-const FS_NOCOW_FL: libc::c_long = 0x0080_0000;
+const FS_NOCOW_FL: libc::c_int = 0x0080_0000;
 
 /// Whether `file` has btrfs's No_COW attribute (`chattr +C`, common advice
 /// for database files on btrfs). btrfs refuses to reflink such files.
 pub fn is_nocow(file: &Path) -> io::Result<bool> {
     let f = File::open(file)?;
-    let mut flags: libc::c_long = 0;
-    // SAFETY: `f` is open; the ioctl writes one long into `flags`.
+    let mut flags: libc::c_int = 0;
+    // SAFETY: `f` is open; the ioctl writes one int into `flags`.
     match unsafe { ioctl::get_flags(f.as_raw_fd(), &mut flags) } {
         Ok(_) => Ok(flags & FS_NOCOW_FL != 0),
         // Filesystems without inode flags have no NOCOW files either.
