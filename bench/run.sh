@@ -10,6 +10,8 @@
 #   sudo bench/run.sh hook-overhead     100 000 SET and CREATE TEMP TABLE ... ON COMMIT DROP, stock against pg_branch
 #   sudo bench/run.sh during-backup     a branch while pg_backup_start runs (written into WAL page by page), against
 #                                       the fast path and core's WAL_LOG and FILE_COPY
+#   sudo bench/run.sh snapshot-latency  no server: our snapshot ioctl against the btrfsutil crate, 200 each,
+#                                       interleaved (bench/snapshot_latency; installs libbtrfsutil-dev)
 #
 # Settings: SCALE (pgbench scale of the template); latency: RUNS;
 # live-template: SECONDS_PER_RUN, BRANCHES; filesystems, during-backup: RUNS; hook-overhead: N, CHUNK; suite: SIZES
@@ -19,6 +21,15 @@ set -euo pipefail
 . "$(dirname "$0")/../scripts/lib.sh"
 need_root
 bash "$REPO/scripts/setup.sh"
+if [ "${1:-}" = snapshot-latency ]; then
+    dpkg-query -W -f='${Status}' libbtrfsutil-dev 2>/dev/null | grep -q "install ok installed" ||
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -q libbtrfsutil-dev
+    dir="$(mount_btrfs)/snapshot-latency"
+    (cd "$REPO/bench/snapshot_latency" && cargo build -q --release)
+    "$REPO/bench/snapshot_latency/target/release/snapshot_latency" "$dir" "${RUNS:-200}"
+    btrfs subvolume delete "$dir"/snaps/* "$dir/src" >/dev/null && rm -r "$dir"
+    exit
+fi
 [ "$PG_VERSION" = 15 ] || bash "$REPO/scripts/postgres.sh" "$PG_VERSION"
 install_extension --release
 export PG_BIN
@@ -40,5 +51,5 @@ case "${1:-}" in
         ;;
     hook-overhead) exec "$VENV/bin/python" "$REPO/bench/hook_overhead.py" ;;
     during-backup) exec "$VENV/bin/python" "$REPO/bench/during_backup.py" ;;
-    *) die "usage: bench/run.sh suite|latency|live-template|filesystems|hook-overhead|during-backup" ;;
+    *) die "usage: bench/run.sh suite|latency|live-template|filesystems|hook-overhead|during-backup|snapshot-latency" ;;
 esac
