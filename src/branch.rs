@@ -32,6 +32,10 @@
 //! that no row owns (crash recovery makes it again if our record reached
 //! disk), which `pgbranch.orphans()` lists and `pgbranch.remove_orphans()`
 //! removes. After the commit the branch is a database like any other.
+//!
+//! All of it runs in a backend, inside the CREATE DATABASE transaction
+//! (lib.rs); [`createdb`] stays `unsafe` only for the parse tree
+//! pointers it is given.
 
 use crate::backup;
 use crate::catalog::{self, DatabaseRow, NewDatabase};
@@ -160,25 +164,32 @@ fn has_entries(dir: &std::path::Path) -> bool {
 /// far), reused where they have not changed since.
 ///
 /// # Safety
-/// `pstate` and `stmt` must be valid; must run as a top-level statement
-/// outside a transaction block (the hook checked it).
+/// `pstate` and `stmt` must be valid for the whole call; must run as a
+/// top-level statement outside a transaction block (the hook checked it).
 pub unsafe fn createdb(
     pstate: *mut pg_sys::ParseState,
     stmt: *const pg_sys::CreatedbStmt,
     probed: &[CloneStep],
 ) -> Oid {
     let started = Instant::now();
-    let dbname = CStr::from_ptr((*stmt).dbname);
+    // SAFETY: `stmt` is valid (the caller's promise); the grammar always
+    // sets `dbname`, a NUL-terminated string that outlives the statement.
+    let dbname = unsafe { CStr::from_ptr((*stmt).dbname) };
 
     // 2. Validate like core, in core's order: options, owner, privileges,
     // template, locale, tablespace, name. Core's last check, that nobody
     // else is connected to the template, is deliberately absent: the
     // template may be in use (steps 3 and 5).
-    let o = CreatedbOptions::parse(pstate, stmt);
+    // SAFETY: `pstate` and `stmt` are valid for the whole call (the
+    // caller's promise).
+    let o = unsafe { CreatedbOptions::parse(pstate, stmt) };
 
     let owner = match &o.owner {
-        Some(role) => pg_sys::get_role_oid(role.as_ptr(), false),
-        None => pg_sys::GetUserId(),
+        // SAFETY: a NUL-terminated role name; raises core's ERROR if there
+        // is no such role.
+        Some(role) => unsafe { pg_sys::get_role_oid(role.as_ptr(), false) },
+        // SAFETY: reads this backend's current user.
+        None => unsafe { pg_sys::GetUserId() },
     };
 
     // To create a database, must have CREATEDB and must be able to become
@@ -189,7 +200,8 @@ pub unsafe fn createdb(
             "permission denied to create database",
         );
     }
-    compat::check_can_set_role(pg_sys::GetUserId(), owner);
+    // SAFETY: reads this backend's current user.
+    compat::check_can_set_role(unsafe { pg_sys::GetUserId() }, owner);
 
     // 3. Pin the template. We deliberately differ from core here: core
     // takes ShareLock, which also blocks new connections to the template,
@@ -218,7 +230,8 @@ pub unsafe fn createdb(
     catalog::hold_frozen_ids(template.oid);
 
     // A template interrupted in the middle of DROP DATABASE is not one.
-    if pg_sys::database_is_invalid_oid(template.oid) {
+    // SAFETY: a syscache lookup by OID, released before it returns.
+    if unsafe { pg_sys::database_is_invalid_oid(template.oid) } {
         Report::new(
             PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
             format!(
@@ -232,7 +245,10 @@ pub unsafe fn createdb(
 
     // To copy a database not marked datistemplate, you must own it (or be
     // superuser).
-    if !template.is_template && !compat::database_ownercheck(template.oid, pg_sys::GetUserId()) {
+    // SAFETY: reads this backend's current user.
+    if !template.is_template
+        && !compat::database_ownercheck(template.oid, unsafe { pg_sys::GetUserId() })
+    {
         error(
             PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
             format!(
@@ -262,7 +278,8 @@ pub unsafe fn createdb(
 
     // A friendlier message than the unique-index violation; the race with
     // a concurrent CREATE of the same name is accepted, as in core.
-    if pg_sys::get_database_oid(dbname.as_ptr(), true) != pg_sys::InvalidOid {
+    // SAFETY: a NUL-terminated name; missing_ok, so no ERROR if absent.
+    if unsafe { pg_sys::get_database_oid(dbname.as_ptr(), true) } != pg_sys::InvalidOid {
         error(
             PgSqlErrorCode::ERRCODE_DUPLICATE_DATABASE,
             format!("database \"{}\" already exists", dbname.to_string_lossy()),
@@ -285,28 +302,35 @@ pub unsafe fn createdb(
     // RowExclusive until commit. The row is invisible to others until then,
     // and a concurrent CREATE of the same name blocks on the unique index
     // and fails once we commit.
-    let rel = pg_sys::table_open(pg_sys::DatabaseRelationId, pg_sys::RowExclusiveLock as _);
-    let dboid = choose_oid(rel, o.oid);
-    catalog::insert_database_row(
-        rel,
-        &NewDatabase {
-            oid: dboid,
-            name: dbname,
-            owner,
-            encoding: locale.encoding,
-            locale_provider: locale.provider,
-            is_template: o.is_template,
-            allow_connections: o.allow_connections,
-            connection_limit: o.connection_limit,
-            tablespace: dst_tablespace,
-            collate: &locale.collate,
-            ctype: &locale.ctype,
-            locale: locale.locale.as_deref(),
-            icu_rules: locale.icu_rules.as_deref(),
-            collation_version: collation_version.as_deref(),
-        },
-        &template,
-    );
+    // SAFETY: opens a catalog by its fixed OID; closed in step 11 (or by
+    // the transaction's abort).
+    let rel =
+        unsafe { pg_sys::table_open(pg_sys::DatabaseRelationId, pg_sys::RowExclusiveLock as _) };
+    // SAFETY: `rel` is pg_database, open with RowExclusiveLock.
+    let dboid = unsafe { choose_oid(rel, o.oid) };
+    // SAFETY: as above.
+    unsafe {
+        catalog::insert_database_row(
+            rel,
+            &NewDatabase {
+                oid: dboid,
+                name: dbname,
+                owner,
+                encoding: locale.encoding,
+                locale_provider: locale.provider,
+                is_template: o.is_template,
+                allow_connections: o.allow_connections,
+                connection_limit: o.connection_limit,
+                tablespace: dst_tablespace,
+                collate: &locale.collate,
+                ctype: &locale.ctype,
+                locale: locale.locale.as_deref(),
+                icu_rules: locale.icu_rules.as_deref(),
+                collation_version: collation_version.as_deref(),
+            },
+            &template,
+        )
+    };
     // The template's shared dependencies are copied under the fence.
     catalog::record_owner(dboid, owner);
 
@@ -323,7 +347,9 @@ pub unsafe fn createdb(
         // kernel and the kernel's dirty pages to disk, so that behind the
         // fence the flush and the clone only handle what changed since.
         let sync_started = Instant::now();
-        pg_sys::FlushDatabaseBuffers(template.oid);
+        // SAFETY: writes out the shared buffers of a database by OID; the
+        // template is locked against DROP (step 3).
+        unsafe { pg_sys::FlushDatabaseBuffers(template.oid) };
         for step in &steps {
             if let Err(e) = presync(&step.src) {
                 error(
@@ -376,7 +402,8 @@ pub unsafe fn createdb(
         // FILE_COPY we do not checkpoint first: a file whose unlink the
         // checkpointer has deferred is either skipped (it vanished) or
         // cloned as the empty tombstone it is, used by no relation.
-        pg_sys::FlushDatabaseBuffers(template.oid);
+        // SAFETY: as before the fence.
+        unsafe { pg_sys::FlushDatabaseBuffers(template.oid) };
 
         // 7. Clone each directory, and 8. log each one as core's FILE_COPY
         // does, so crash recovery and standbys can rebuild it.
@@ -473,11 +500,14 @@ pub unsafe fn createdb(
         }
         stats.checkpoint_ms = ms(checkpoint_started.elapsed());
 
-        pg_sys::table_close(rel, pg_sys::NoLock as _);
+        // SAFETY: `rel` is the pg_database relation opened in step 4, not
+        // closed since; its lock is kept to commit (NoLock).
+        unsafe { pg_sys::table_close(rel, pg_sys::NoLock as _) };
 
         // As core: commit synchronously, to shorten the window in which a
         // crash leaves a directory that no pg_database row owns.
-        pg_sys::ForceSyncCommit();
+        // SAFETY: sets a flag of this backend's transaction state.
+        unsafe { pg_sys::ForceSyncCommit() };
     });
 
     stats.total_ms = ms(started.elapsed());
@@ -489,10 +519,9 @@ pub unsafe fn createdb(
 /// copying `t`: CREATEDB, and the right to copy it (it is a template, or
 /// the role owns it).
 pub fn may_copy(t: &DatabaseRow) -> bool {
-    // SAFETY: a syscache lookup of the current role and the database,
-    // inside the transaction.
+    // SAFETY: reads this backend's current user.
     have_createdb_privilege()
-        && (t.is_template || unsafe { compat::database_ownercheck(t.oid, pg_sys::GetUserId()) })
+        && (t.is_template || compat::database_ownercheck(t.oid, unsafe { pg_sys::GetUserId() }))
 }
 
 /// Core's `have_createdb_privilege()`.
@@ -514,15 +543,22 @@ fn have_createdb_privilege() -> bool {
 }
 
 /// The new database's default tablespace, checked as core checks it.
-unsafe fn resolve_tablespace(o: &CreatedbOptions, t: &DatabaseRow, template_name: &CStr) -> Oid {
+fn resolve_tablespace(o: &CreatedbOptions, t: &DatabaseRow, template_name: &CStr) -> Oid {
     let Some(name) = &o.tablespace else {
         // No permission check on this path, as in core.
         return t.tablespace;
     };
-    let ts = pg_sys::get_tablespace_oid(name.as_ptr(), false);
-    let acl = compat::tablespace_aclcheck(ts, pg_sys::GetUserId(), pg_sys::ACL_CREATE as _);
+    // SAFETY: a NUL-terminated name; raises core's ERROR if there is no
+    // such tablespace.
+    let ts = unsafe { pg_sys::get_tablespace_oid(name.as_ptr(), false) };
+    // SAFETY: reads this backend's current user.
+    let acl =
+        compat::tablespace_aclcheck(ts, unsafe { pg_sys::GetUserId() }, pg_sys::ACL_CREATE as _);
     if acl != pg_sys::AclResult::ACLCHECK_OK {
-        pg_sys::aclcheck_error(acl, pg_sys::ObjectType::OBJECT_TABLESPACE, name.as_ptr());
+        // SAFETY: a NUL-terminated name; raises core's ERROR.
+        unsafe {
+            pg_sys::aclcheck_error(acl, pg_sys::ObjectType::OBJECT_TABLESPACE, name.as_ptr())
+        };
     }
     if ts == pg_sys::GLOBALTABLESPACE_OID {
         error(
@@ -576,18 +612,25 @@ fn steps_or_error(plan: Plan, template_name: &CStr) -> Vec<CloneStep> {
 
 /// The new database's OID: the one given with OID (checked as core checks
 /// it) or a new one whose directory name is free in every tablespace.
+///
+/// # Safety
+/// `rel` must be `pg_database`, open with RowExclusiveLock.
 unsafe fn choose_oid(rel: pg_sys::Relation, requested: Oid) -> Oid {
     if requested == pg_sys::InvalidOid {
-        return catalog::new_database_oid(rel);
+        // SAFETY: `rel` is as `new_database_oid` needs (our own contract).
+        return unsafe { catalog::new_database_oid(rel) };
     }
-    let existing = pg_sys::get_database_name(requested);
+    // SAFETY: a syscache lookup by OID; the result is NULL or a palloc'd
+    // NUL-terminated name.
+    let existing = unsafe { pg_sys::get_database_name(requested) };
     if !existing.is_null() {
         error(
             PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
             format!(
                 "database OID {} is already in use by database \"{}\"",
                 requested.to_u32(),
-                CStr::from_ptr(existing).to_string_lossy()
+                // SAFETY: non-NULL, so a NUL-terminated name (above).
+                unsafe { CStr::from_ptr(existing) }.to_string_lossy()
             ),
         );
     }

@@ -87,17 +87,25 @@ pub fn lock_database(name: &CStr, lockmode: pg_sys::LOCKMODE) -> Option<Database
 }
 
 /// (name, row) of database `oid` from the syscache.
-unsafe fn read_row(oid: Oid) -> Option<(CString, DatabaseRow)> {
+fn read_row(oid: Oid) -> Option<(CString, DatabaseRow)> {
     let cache = pg_sys::SysCacheIdentifier::DATABASEOID as i32;
-    let tuple = pg_sys::SearchSysCache1(cache, pg_sys::Datum::from(oid));
+    // SAFETY: a syscache lookup by OID; the entry is released below.
+    let tuple = unsafe { pg_sys::SearchSysCache1(cache, pg_sys::Datum::from(oid)) };
     if tuple.is_null() {
         return None;
     }
-    let form = &*pg_sys::heap_tuple_get_struct::<pg_sys::FormData_pg_database>(tuple);
+    // SAFETY: a non-NULL pg_database tuple from the syscache, pinned until
+    // it is released at the end (after the last use of `form`).
+    let form = unsafe { &*pg_sys::heap_tuple_get_struct::<pg_sys::FormData_pg_database>(tuple) };
     let text = |attnum: u32| -> Option<CString> {
         let mut isnull = false;
-        let d = pg_sys::SysCacheGetAttr(cache, tuple, attnum as _, &mut isnull);
-        (!isnull).then(|| CStr::from_ptr(pg_sys::text_to_cstring(d.cast_mut_ptr())).to_owned())
+        // SAFETY: `tuple` is the pinned entry of this cache; `attnum` one
+        // of its text columns, whose non-NULL value text_to_cstring()
+        // turns into a palloc'd NUL-terminated copy, copied at once.
+        unsafe {
+            let d = pg_sys::SysCacheGetAttr(cache, tuple, attnum as _, &mut isnull);
+            (!isnull).then(|| CStr::from_ptr(pg_sys::text_to_cstring(d.cast_mut_ptr())).to_owned())
+        }
     };
     let row = DatabaseRow {
         oid,
@@ -120,8 +128,10 @@ unsafe fn read_row(oid: Oid) -> Option<(CString, DatabaseRow)> {
         #[cfg(not(any(feature = "pg15", feature = "pg16")))]
         has_login_event: form.dathasloginevt,
     };
-    let name = CStr::from_ptr(form.datname.data.as_ptr()).to_owned();
-    pg_sys::ReleaseSysCache(tuple);
+    // SAFETY: `datname` is a NUL-terminated NameData of the pinned tuple.
+    let name = unsafe { CStr::from_ptr(form.datname.data.as_ptr()) }.to_owned();
+    // SAFETY: releases the entry found above; `form` is not used after.
+    unsafe { pg_sys::ReleaseSysCache(tuple) };
     Some((name, row))
 }
 
@@ -205,11 +215,15 @@ pub fn file_conflict(db: Oid) -> bool {
 /// `rel` must be `pg_database`, open with RowExclusiveLock.
 pub unsafe fn new_database_oid(rel: pg_sys::Relation) -> Oid {
     loop {
-        let oid = pg_sys::GetNewOidWithIndex(
-            rel,
-            Oid::from(pg_sys::DatabaseOidIndexId),
-            pg_sys::Anum_pg_database_oid as _,
-        );
+        // SAFETY: `rel` is pg_database, open (the caller's promise), and
+        // the index and column are its OID index and column.
+        let oid = unsafe {
+            pg_sys::GetNewOidWithIndex(
+                rel,
+                Oid::from(pg_sys::DatabaseOidIndexId),
+                pg_sys::Anum_pg_database_oid as _,
+            )
+        };
         if !file_conflict(oid) {
             return oid;
         }
@@ -248,13 +262,19 @@ pub unsafe fn insert_database_row(rel: pg_sys::Relation, db: &NewDatabase, templ
     const N: usize = pg_sys::Natts_pg_database as usize;
     let mut values = [pg_sys::Datum::from(0usize); N];
     let mut nulls = [false; N];
-    let text = |s: &CStr| pg_sys::Datum::from(pg_sys::cstring_to_text(s.as_ptr()));
+    // SAFETY: a NUL-terminated string, copied into a palloc'd text.
+    let text = |s: &CStr| pg_sys::Datum::from(unsafe { pg_sys::cstring_to_text(s.as_ptr()) });
     let set = |values: &mut [pg_sys::Datum; N], attnum: u32, d: pg_sys::Datum| {
         values[attnum as usize - 1] = d
     };
 
-    let name = pg_sys::palloc0(pg_sys::NAMEDATALEN as usize) as *mut pg_sys::NameData;
-    pg_sys::namestrcpy(name, db.name.as_ptr());
+    // SAFETY: a zeroed NameData-sized allocation, into which namestrcpy()
+    // copies at most NAMEDATALEN - 1 bytes of a NUL-terminated name.
+    let name = unsafe {
+        let name = pg_sys::palloc0(pg_sys::NAMEDATALEN as usize) as *mut pg_sys::NameData;
+        pg_sys::namestrcpy(name, db.name.as_ptr());
+        name
+    };
 
     set(&mut values, pg_sys::Anum_pg_database_oid, db.oid.into());
     set(
@@ -344,8 +364,13 @@ pub unsafe fn insert_database_row(rel: pg_sys::Relation, db: &NewDatabase, templ
     // than the template's, which would be wrong under a different owner.
     nulls[pg_sys::Anum_pg_database_datacl as usize - 1] = true;
 
-    let tuple = pg_sys::heap_form_tuple((*rel).rd_att, values.as_mut_ptr(), nulls.as_mut_ptr());
-    pg_sys::CatalogTupleInsert(rel, tuple);
+    // SAFETY: `rel` is pg_database, open with RowExclusiveLock (the
+    // caller's promise); `values` and `nulls` have one entry per column of
+    // its tuple descriptor, and every non-NULL value is of its column's type.
+    unsafe {
+        let tuple = pg_sys::heap_form_tuple((*rel).rd_att, values.as_mut_ptr(), nulls.as_mut_ptr());
+        pg_sys::CatalogTupleInsert(rel, tuple);
+    }
 }
 
 /// Hold back the frozen-ID horizon of database `db` until this transaction

@@ -83,6 +83,12 @@ pub fn guarded<T>(db: Oid, body: impl FnOnce() -> T) -> T {
     result
 }
 
+/// The `before_shmem_exit` callback: a FATAL (or exit) while a branch is
+/// being made removes what it cloned.
+///
+/// # Safety
+/// Registered by [`guarded`] and called by the server at backend exit; it
+/// reads neither argument, so there is nothing more to uphold.
 #[pg_guard]
 unsafe extern "C-unwind" fn on_exit(_code: std::ffi::c_int, _arg: pg_sys::Datum) {
     remove_created();

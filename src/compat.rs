@@ -1,37 +1,47 @@
 //! What differs between the PostgreSQL major versions pg_branch builds
 //! for (15 to 18), each difference behind one small function. Everything
 //! else calls these and stays version-free.
+//!
+//! Every function here is safe to call from backend code inside a
+//! transaction, the precondition of all of pg_branch's backend functions
+//! (lib.rs); none takes a pointer.
 
 use pgrx::pg_sys::{self, Oid};
-use std::ffi::{c_char, c_int, CStr};
+use std::ffi::{c_int, CStr};
 
 /// Core's check that the current user may make `role` the owner of
 /// something ("must be able to SET ROLE" in 16+, "must be member" in 15).
-pub unsafe fn check_can_set_role(member: Oid, role: Oid) {
-    #[cfg(feature = "pg15")]
-    pg_sys::check_is_member_of_role(member, role);
-    #[cfg(not(feature = "pg15"))]
-    pg_sys::check_can_set_role(member, role);
+pub fn check_can_set_role(member: Oid, role: Oid) {
+    // SAFETY: plain OID arguments; a catalog lookup that raises ERROR
+    // (an unwind, through pgrx's guard) or returns.
+    unsafe {
+        #[cfg(feature = "pg15")]
+        pg_sys::check_is_member_of_role(member, role);
+        #[cfg(not(feature = "pg15"))]
+        pg_sys::check_can_set_role(member, role);
+    }
 }
 
 /// Whether `user` owns database `db` (or is superuser).
-pub unsafe fn database_ownercheck(db: Oid, user: Oid) -> bool {
+pub fn database_ownercheck(db: Oid, user: Oid) -> bool {
+    // SAFETY: plain OID arguments; a syscache lookup that raises ERROR
+    // (an unwind) or returns.
     #[cfg(feature = "pg15")]
-    return pg_sys::pg_database_ownercheck(db, user);
+    return unsafe { pg_sys::pg_database_ownercheck(db, user) };
+    // SAFETY: as above.
     #[cfg(not(feature = "pg15"))]
-    return pg_sys::object_ownercheck(pg_sys::DatabaseRelationId, db, user);
+    return unsafe { pg_sys::object_ownercheck(pg_sys::DatabaseRelationId, db, user) };
 }
 
 /// ACL check of `mode` on tablespace `ts` for `user`.
-pub unsafe fn tablespace_aclcheck(
-    ts: Oid,
-    user: Oid,
-    mode: pg_sys::AclMode,
-) -> pg_sys::AclResult::Type {
+pub fn tablespace_aclcheck(ts: Oid, user: Oid, mode: pg_sys::AclMode) -> pg_sys::AclResult::Type {
+    // SAFETY: plain OID and mode arguments; a syscache lookup that raises
+    // ERROR (an unwind) or returns.
     #[cfg(feature = "pg15")]
-    return pg_sys::pg_tablespace_aclcheck(ts, user, mode);
+    return unsafe { pg_sys::pg_tablespace_aclcheck(ts, user, mode) };
+    // SAFETY: as above.
     #[cfg(not(feature = "pg15"))]
-    return pg_sys::object_aclcheck(pg_sys::TableSpaceRelationId, ts, user, mode);
+    return unsafe { pg_sys::object_aclcheck(pg_sys::TableSpaceRelationId, ts, user, mode) };
 }
 
 // The encoding functions became macros over `*_private` symbols in 17.
@@ -48,18 +58,23 @@ use pg_sys::{
 };
 
 /// The name of encoding `e` ("" if there is none).
-pub unsafe fn encoding_name(e: c_int) -> &'static CStr {
-    CStr::from_ptr(encoding_to_char(e))
+pub fn encoding_name(e: c_int) -> &'static CStr {
+    // SAFETY: for any number, the result points to a static NUL-terminated
+    // string (the encoding table's name, or "").
+    unsafe { CStr::from_ptr(encoding_to_char(e)) }
 }
 
 /// Whether `e` is a valid server encoding.
-pub unsafe fn is_server_encoding(e: c_int) -> bool {
-    valid_server_encoding_id(e) != 0
+pub fn is_server_encoding(e: c_int) -> bool {
+    // SAFETY: a range check of a plain int against the encoding table.
+    unsafe { valid_server_encoding_id(e) != 0 }
 }
 
 /// The server encoding named `name`, or a negative number.
-pub unsafe fn server_encoding(name: *const c_char) -> c_int {
-    valid_server_encoding(name)
+pub fn server_encoding(name: &CStr) -> c_int {
+    // SAFETY: `name` is NUL-terminated and outlives the call, which only
+    // reads it.
+    unsafe { valid_server_encoding(name.as_ptr()) }
 }
 
 /// A relation file of another database (`db` in tablespace `ts`), as the
@@ -85,11 +100,15 @@ pub fn file_locator(ts: Oid, db: Oid, file: Oid) -> FileLocator {
 }
 
 /// `smgropen()` of a permanent (not backend-local) relation file.
-pub unsafe fn smgropen_shared(locator: FileLocator) -> pg_sys::SMgrRelation {
+pub fn smgropen_shared(locator: FileLocator) -> pg_sys::SMgrRelation {
+    // SAFETY: the locator is passed by value; smgropen() only looks up or
+    // creates this backend's SMgrRelation entry for it (no file is opened
+    // yet), and using the pointer it returns is the caller's business.
     #[cfg(any(feature = "pg15", feature = "pg16"))]
-    return pg_sys::smgropen(locator, pg_sys::InvalidBackendId);
+    return unsafe { pg_sys::smgropen(locator, pg_sys::InvalidBackendId) };
+    // SAFETY: as above.
     #[cfg(not(any(feature = "pg15", feature = "pg16")))]
-    return pg_sys::smgropen(locator, pg_sys::INVALID_PROC_NUMBER);
+    return unsafe { pg_sys::smgropen(locator, pg_sys::INVALID_PROC_NUMBER) };
 }
 
 /// `pg_database` attribute numbers that moved between versions.

@@ -311,16 +311,21 @@ fn relation_count(db: Oid, tablespace: Oid) -> usize {
 /// `tup` must point to a heap tuple header of another database's catalog
 /// (so no transaction of ours wrote it), in memory we own.
 unsafe fn live_now(tup: pg_sys::HeapTupleHeader) -> bool {
-    let infomask = (*tup).t_infomask as u32;
+    // SAFETY: `tup` is a valid heap tuple header (the caller's promise).
+    let infomask = unsafe { (*tup).t_infomask } as u32;
     let committed = |xid: pg_sys::TransactionId| {
         // As HeapTupleSatisfiesMVCC: the proc array first, since a
         // transaction is marked committed in clog before it leaves it.
-        !pg_sys::TransactionIdIsInProgress(xid) && pg_sys::TransactionIdDidCommit(xid)
+        // SAFETY: lookups of a plain XID in the proc array and the commit
+        // log, which change nothing.
+        unsafe { !pg_sys::TransactionIdIsInProgress(xid) && pg_sys::TransactionIdDidCommit(xid) }
     };
     let xmin_frozen = pg_sys::HEAP_XMIN_COMMITTED | pg_sys::HEAP_XMIN_INVALID;
     if infomask & xmin_frozen == xmin_frozen || infomask & pg_sys::HEAP_XMIN_COMMITTED != 0 {
         // committed (or frozen)
-    } else if infomask & pg_sys::HEAP_XMIN_INVALID != 0 || !committed((*tup).t_choice.t_heap.t_xmin)
+    } else if infomask & pg_sys::HEAP_XMIN_INVALID != 0
+        // SAFETY: as above; a heap tuple's header holds its xmin.
+        || !committed(unsafe { (*tup).t_choice.t_heap.t_xmin })
     {
         return false;
     }
@@ -337,9 +342,12 @@ unsafe fn live_now(tup: pg_sys::HeapTupleHeader) -> bool {
         return false;
     }
     let xmax = if infomask & pg_sys::HEAP_XMAX_IS_MULTI != 0 {
-        pg_sys::HeapTupleGetUpdateXid(tup as _)
+        // SAFETY: a valid header whose xmax is a MultiXactId, which this
+        // looks up without changing anything.
+        unsafe { pg_sys::HeapTupleGetUpdateXid(tup as _) }
     } else {
-        (*tup).t_choice.t_heap.t_xmax
+        // SAFETY: as above; a heap tuple's header holds its xmax.
+        unsafe { (*tup).t_choice.t_heap.t_xmax }
     };
     !committed(xmax)
 }

@@ -147,10 +147,13 @@ pub fn collation_actual_version(provider: c_char, locale: &CStr) -> Option<CStri
 /// # Safety
 /// `dbpath` must be a NUL-terminated path of an existing database directory.
 pub unsafe fn relation_map_filenode(dbpath: *mut c_char, rel: pg_sys::Oid) -> pg_sys::Oid {
+    // SAFETY: `dbpath` is as the caller promises; the function reads the
+    // map file and raises ERROR if it cannot.
     #[cfg(feature = "pg15")]
-    return raw::RelationMapOidToFilenodeForDatabase(dbpath, rel);
+    return unsafe { raw::RelationMapOidToFilenodeForDatabase(dbpath, rel) };
+    // SAFETY: as above.
     #[cfg(not(feature = "pg15"))]
-    return raw::RelationMapOidToFilenumberForDatabase(dbpath, rel);
+    return unsafe { raw::RelationMapOidToFilenumberForDatabase(dbpath, rel) };
 }
 
 /// Core's `copydir(src, dst, false)`: a plain copy of a database
@@ -228,7 +231,8 @@ pub fn in_archive_recovery() -> bool {
 /// # Safety
 /// `p` must be NULL or point to a NUL-terminated string.
 pub unsafe fn cstring(p: *const c_char) -> Option<CString> {
-    (!p.is_null()).then(|| CStr::from_ptr(p).to_owned())
+    // SAFETY: a non-NULL `p` is NUL-terminated (the caller's promise).
+    (!p.is_null()).then(|| unsafe { CStr::from_ptr(p) }.to_owned())
 }
 
 /// `GetDatabasePath(db, tablespace)` relative to the data directory, as

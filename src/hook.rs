@@ -78,22 +78,36 @@ pub unsafe extern "C-unwind" fn pg_branch_createdb(
     error: *mut *mut pg_sys::ErrorData,
 ) -> bool {
     let run = AssertUnwindSafe(|| {
-        let stmt = (*pstmt).utilityStmt as *mut pg_sys::CreatedbStmt;
+        // SAFETY: `pstmt` is core's valid PlannedStmt, and hook.c calls us
+        // only when its utility statement is a CreatedbStmt.
+        let stmt = unsafe { (*pstmt).utilityStmt } as *mut pg_sys::CreatedbStmt;
         let top_level = context == pg_sys::ProcessUtilityContext::PROCESS_UTILITY_TOPLEVEL;
-        let Some(probed) = ours(stmt, top_level) else {
+        // SAFETY: `stmt` is valid for the whole statement (above).
+        let Some(probed) = (unsafe { ours(stmt, top_level) }) else {
             return false;
         };
-        let pstate = pg_sys::make_parsestate(std::ptr::null_mut());
-        (*pstate).p_sourcetext = query_string;
-        (*pstate).p_queryEnv = query_env;
-        branch::createdb(pstate, stmt, &probed);
-        pg_sys::free_parsestate(pstate);
+        // SAFETY: allocates a fresh ParseState (no parent) in the current
+        // memory context.
+        let pstate = unsafe { pg_sys::make_parsestate(std::ptr::null_mut()) };
+        // SAFETY: `pstate` was just allocated and is ours; `query_string`
+        // and `query_env` are core's arguments, valid for the statement.
+        unsafe {
+            (*pstate).p_sourcetext = query_string;
+            (*pstate).p_queryEnv = query_env;
+        }
+        // SAFETY: `pstate` and `stmt` are valid until freed below or until
+        // the statement ends; ours() checked that this is a top-level
+        // statement outside a transaction block.
+        unsafe { branch::createdb(pstate, stmt, &probed) };
+        // SAFETY: `pstate` is ours and no longer used.
+        unsafe { pg_sys::free_parsestate(pstate) };
         true
     });
     match catch_unwind(run) {
         Ok(handled) => handled,
         Err(payload) => {
-            *error = error_data(payload);
+            // SAFETY: hook.c passes a valid `ErrorData **` (our contract).
+            unsafe { *error = error_data(payload) };
             true
         }
     }
@@ -103,15 +117,21 @@ pub unsafe extern "C-unwind" fn pg_branch_createdb(
 /// [`pg_branch_createdb`]: core's own copy (every field) when the error
 /// came from core, or from pg_branch's [`Report`] (which core raised for
 /// us), else one built from what the unwind carries.
-unsafe fn error_data(payload: Box<dyn std::any::Any + Send>) -> *mut pg_sys::ErrorData {
+fn error_data(payload: Box<dyn std::any::Any + Send>) -> *mut pg_sys::ErrorData {
     let (code, message, detail, hint, file, line) = match payload.downcast::<CaughtError>() {
         Ok(caught) => match *caught {
             CaughtError::PostgresError(r) => {
-                let copy = shim::pg_branch_captured_error();
+                // SAFETY: hook.c's capture is NULL or the latest ERROR it
+                // copied (it frees an older copy only when replacing it).
+                let copy = unsafe { shim::pg_branch_captured_error() };
+                // SAFETY: a non-NULL copy is a valid ErrorData whose
+                // non-NULL `message` is a NUL-terminated string.
                 if !copy.is_null()
-                    && (*copy).sqlerrcode == r.sql_error_code() as i32
-                    && !(*copy).message.is_null()
-                    && CStr::from_ptr((*copy).message).to_string_lossy() == r.message()
+                    && unsafe {
+                        (*copy).sqlerrcode == r.sql_error_code() as i32
+                            && !(*copy).message.is_null()
+                            && CStr::from_ptr((*copy).message).to_string_lossy() == r.message()
+                    }
                 {
                     return copy;
                 }
@@ -133,15 +153,19 @@ unsafe fn error_data(payload: Box<dyn std::any::Any + Send>) -> *mut pg_sys::Err
     let opt = |s: &Option<String>| s.as_deref().map(c);
     let (message, detail, hint, file) = (c(&message), opt(&detail), opt(&hint), c(&file));
     let ptr = |s: &Option<CString>| s.as_ref().map_or(std::ptr::null(), |s| s.as_ptr());
-    shim::pg_branch_make_error(
-        code,
-        message.as_ptr(),
-        ptr(&detail),
-        ptr(&hint),
-        file.as_ptr(),
-        line as i32,
-        c"pg_branch".as_ptr(),
-    )
+    // SAFETY: NUL-terminated strings (or NULL for no detail or hint) that
+    // outlive the call, which copies them into hook.c's error context.
+    unsafe {
+        shim::pg_branch_make_error(
+            code,
+            message.as_ptr(),
+            ptr(&detail),
+            ptr(&hint),
+            file.as_ptr(),
+            line as i32,
+            c"pg_branch".as_ptr(),
+        )
+    }
 }
 
 type Fields = (i32, String, Option<String>, Option<String>, String, u32);
@@ -179,8 +203,12 @@ fn panic_fields(message: &str) -> Fields {
 ///
 /// A statement that names a template or tablespace that does not exist is
 /// left to core, which reports it with its own words.
+///
+/// # Safety
+/// `stmt` must point to a valid `CreatedbStmt`.
 unsafe fn ours(stmt: *mut pg_sys::CreatedbStmt, top_level: bool) -> Option<Vec<CloneStep>> {
-    let strategy = options::requested_strategy(stmt);
+    // SAFETY: `stmt` is valid (the caller's promise).
+    let strategy = unsafe { options::requested_strategy(stmt) };
     if strategy == Strategy::Core {
         return None;
     }
@@ -197,14 +225,20 @@ unsafe fn ours(stmt: *mut pg_sys::CreatedbStmt, top_level: bool) -> Option<Vec<C
     }
 
     // The order of standard_ProcessUtility() for a CREATE DATABASE.
-    if pg_sys::XactReadOnly || pg_sys::IsInParallelMode() {
-        pg_sys::PreventCommandIfReadOnly(c"CREATE DATABASE".as_ptr());
-        pg_sys::PreventCommandIfParallelMode(c"CREATE DATABASE".as_ptr());
-        pg_sys::PreventCommandDuringRecovery(c"CREATE DATABASE".as_ptr());
+    // SAFETY: reads of this backend's transaction state; each Prevent*
+    // raises core's ERROR or returns, and the static name outlives it.
+    unsafe {
+        if pg_sys::XactReadOnly || pg_sys::IsInParallelMode() {
+            pg_sys::PreventCommandIfReadOnly(c"CREATE DATABASE".as_ptr());
+            pg_sys::PreventCommandIfParallelMode(c"CREATE DATABASE".as_ptr());
+            pg_sys::PreventCommandDuringRecovery(c"CREATE DATABASE".as_ptr());
+        }
+        pg_sys::PreventInTransactionBlock(top_level, c"CREATE DATABASE".as_ptr());
     }
-    pg_sys::PreventInTransactionBlock(top_level, c"CREATE DATABASE".as_ptr());
 
-    let template_name = options::peek(stmt, "template").unwrap_or_else(|| c"template1".to_owned());
+    // SAFETY: `stmt` is valid (the caller's promise).
+    let template_name =
+        unsafe { options::peek(stmt, "template") }.unwrap_or_else(|| c"template1".to_owned());
     // A template that does not exist: core says so, in its words.
     let template = catalog::lock_database(&template_name, pg_sys::NoLock as _)?;
     // A role that may not make this database gets core's error from
@@ -214,9 +248,11 @@ unsafe fn ours(stmt: *mut pg_sys::CreatedbStmt, top_level: bool) -> Option<Vec<C
     if !branch::may_copy(&template) {
         return Some(Vec::new());
     }
-    let dst_tablespace = match options::peek(stmt, "tablespace") {
+    // SAFETY: `stmt` is valid (the caller's promise).
+    let dst_tablespace = match unsafe { options::peek(stmt, "tablespace") } {
         None => template.tablespace,
-        Some(name) => match pg_sys::get_tablespace_oid(name.as_ptr(), true) {
+        // SAFETY: a NUL-terminated name; missing_ok, so no ERROR if absent.
+        Some(name) => match unsafe { pg_sys::get_tablespace_oid(name.as_ptr(), true) } {
             // Core reports a missing tablespace, and refuses pg_global.
             oid if oid == pg_sys::InvalidOid || oid == pg_sys::GLOBALTABLESPACE_OID => return None,
             oid => oid,

@@ -4,6 +4,17 @@
 //! place in every backend, and (from the durability work on) its WAL
 //! resource manager can only be registered at postmaster start.
 //! `CREATE EXTENSION pg_branch` adds the SQL API in schema `pg_branch`.
+//!
+//! Unsafe code: every unsafe operation sits in its own `unsafe {}` block
+//! with a `// SAFETY:` comment (the lint below enforces the blocks). The
+//! precondition every backend function shares, that it runs in a backend
+//! (single-threaded, with its memory contexts and error handling set up)
+//! and, for catalog access, inside a transaction, is not repeated: a
+//! function whose only precondition it is has a safe signature. Functions
+//! stay `unsafe` where the caller must vouch for more, typically the
+//! validity of a raw pointer, and say what in a `# Safety` section.
+
+#![deny(unsafe_op_in_unsafe_fn)]
 
 use pgrx::prelude::*;
 

@@ -8,6 +8,10 @@
 //! and locales must match the template's (except for template0, assumed to
 //! hold only ASCII and no collation-dependent indexes) is exactly the rule
 //! a branch needs.
+//!
+//! Everything here runs inside the CREATE DATABASE transaction, as every
+//! backend function does (lib.rs); nothing else is asked of the caller, so
+//! the functions are safe.
 
 use crate::catalog::DatabaseRow;
 use crate::compat;
@@ -41,16 +45,12 @@ fn s(c: &CStr) -> String {
 }
 
 fn enc_name(e: i32) -> String {
-    // SAFETY: returns a static string for any encoding number.
-    s(unsafe { compat::encoding_name(e) })
+    s(compat::encoding_name(e))
 }
 
 /// Resolve and check the locale settings of a new database made from
 /// template `t` (named `template_name`).
-///
-/// # Safety
-/// Inside the CREATE DATABASE transaction.
-pub unsafe fn resolve(o: &CreatedbOptions, t: &DatabaseRow, template_name: &CStr) -> Locale {
+pub fn resolve(o: &CreatedbOptions, t: &DatabaseRow, template_name: &CStr) -> Locale {
     // If encoding or locales are defaulted, use the template's.
     let encoding = if o.encoding < 0 {
         t.encoding
@@ -92,7 +92,9 @@ pub unsafe fn resolve(o: &CreatedbOptions, t: &DatabaseRow, template_name: &CStr
         o.ctype.as_ref().unwrap_or(&t.ctype),
         provider,
     );
-    pg_sys::check_encoding_locale_matches(encoding, collate.as_ptr(), ctype.as_ptr());
+    // SAFETY: NUL-terminated strings that outlive the call, which only
+    // reads them (and raises core's ERROR on a mismatch).
+    unsafe { pg_sys::check_encoding_locale_matches(encoding, collate.as_ptr(), ctype.as_ptr()) };
 
     validate_provider(
         o,
@@ -159,7 +161,7 @@ fn provider_locale(o: &CreatedbOptions, t: &DatabaseRow, provider: i8) -> (Optio
 }
 
 /// `check_locale()` with core's message for this version.
-unsafe fn canonical(category: i32, name: &CStr, provider: i8) -> CString {
+fn canonical(category: i32, name: &CStr, provider: i8) -> CString {
     ffi::check_locale(category, name).unwrap_or_else(|| {
         let _ = provider;
         #[cfg(feature = "pg15")]
@@ -196,7 +198,7 @@ unsafe fn canonical(category: i32, name: &CStr, provider: i8) -> CString {
 
 /// The provider-specific checks (and ICU's canonical spelling).
 #[cfg(feature = "pg15")]
-unsafe fn validate_provider(
+fn validate_provider(
     _o: &CreatedbOptions,
     encoding: i32,
     provider: i8,
@@ -223,7 +225,7 @@ unsafe fn validate_provider(
 }
 
 #[cfg(feature = "pg16")]
-unsafe fn validate_provider(
+fn validate_provider(
     _o: &CreatedbOptions,
     encoding: i32,
     provider: i8,
@@ -257,7 +259,7 @@ unsafe fn validate_provider(
 }
 
 #[cfg(not(any(feature = "pg15", feature = "pg16")))]
-unsafe fn validate_provider(
+fn validate_provider(
     o: &CreatedbOptions,
     encoding: i32,
     provider: i8,
@@ -311,8 +313,9 @@ unsafe fn validate_provider(
     }
 }
 
-unsafe fn icu_encoding(encoding: i32) {
-    if !pg_sys::is_encoding_supported_by_icu(encoding) {
+fn icu_encoding(encoding: i32) {
+    // SAFETY: a lookup of a plain int in the encoding table.
+    if !unsafe { pg_sys::is_encoding_supported_by_icu(encoding) } {
         error(
             PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
             format!(
@@ -327,9 +330,10 @@ unsafe fn icu_encoding(encoding: i32) {
 /// the ICU locale as spelled; otherwise canonicalise it to a language tag,
 /// with core's NOTICE. Then validate it.
 #[cfg(not(feature = "pg15"))]
-unsafe fn icu_canonical(locale: CString, from_template: bool) -> CString {
+fn icu_canonical(locale: CString, from_template: bool) -> CString {
     let mut locale = locale;
-    if !pg_sys::IsBinaryUpgrade && !from_template {
+    // SAFETY: a read of a bool this backend set at startup.
+    if !unsafe { pg_sys::IsBinaryUpgrade } && !from_template {
         if let Some(tag) = ffi::icu_language_tag(&locale) {
             if tag != locale {
                 Report::new(
@@ -351,7 +355,7 @@ unsafe fn icu_canonical(locale: CString, from_template: bool) -> CString {
 
 /// Core's rule: a copy must keep the template's encoding and locales,
 /// unless the template is template0.
-unsafe fn must_match_template(
+fn must_match_template(
     t: &DatabaseRow,
     encoding: i32,
     collate: &CStr,
@@ -398,7 +402,9 @@ unsafe fn must_match_template(
         );
     }
     if provider != t.locale_provider {
-        let name = |p: i8| s(CStr::from_ptr(pg_sys::collprovider_name(p as _)));
+        // SAFETY: collprovider_name() returns a static string for any
+        // provider (or raises ERROR for an unknown one).
+        let name = |p: i8| s(unsafe { CStr::from_ptr(pg_sys::collprovider_name(p as _)) });
         mismatch(
             format!(
                 "new locale provider ({}) does not match locale provider of the template database ({})",
@@ -436,10 +442,7 @@ unsafe fn must_match_template(
 /// Core's collation-version rule: the template's recorded version must
 /// match what the OS provides now, unless the statement names a version
 /// (as pg_upgrade does); the new database records the template's version.
-///
-/// # Safety
-/// Inside the CREATE DATABASE transaction.
-pub unsafe fn collation_version(
+pub fn collation_version(
     o: &CreatedbOptions,
     t: &DatabaseRow,
     template_name: &CStr,
@@ -462,8 +465,11 @@ pub unsafe fn collation_version(
             )
         };
         if &actual != recorded {
+            // SAFETY: a NUL-terminated argument; the result is it or a
+            // palloc'd NUL-terminated copy, converted at once.
             let quoted =
-                CStr::from_ptr(pg_sys::quote_identifier(template_name.as_ptr())).to_string_lossy();
+                unsafe { CStr::from_ptr(pg_sys::quote_identifier(template_name.as_ptr())) }
+                    .to_string_lossy();
             Report::new(
                 PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
                 format!("template database \"{name}\" has a collation version mismatch"),

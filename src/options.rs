@@ -4,6 +4,10 @@
 //!
 //! Core's version is a DefElem if/else ladder filling seventeen locals; here
 //! the ladder fills one struct.
+//!
+//! The functions here read the statement's parse tree through raw
+//! pointers, so they stay `unsafe`: the caller vouches for the pointers.
+//! Running inside a transaction, in a backend, goes without saying (lib.rs).
 
 use crate::compat;
 use crate::error::{error, Report};
@@ -32,12 +36,22 @@ pub enum Strategy {
 /// # Safety
 /// `stmt` must point to a valid `CreatedbStmt`.
 pub unsafe fn peek(stmt: *const pg_sys::CreatedbStmt, name: &str) -> Option<CString> {
-    PgList::<pg_sys::DefElem>::from_pg((*stmt).options)
+    // SAFETY: `stmt` is valid (the caller's promise), so its `options` is
+    // NIL or a List of DefElem, as the grammar builds it.
+    let options = unsafe { PgList::<pg_sys::DefElem>::from_pg((*stmt).options) };
+    let value = options
         .iter_ptr()
         .find(|d| {
-            CStr::from_ptr((**d).defname).to_bytes() == name.as_bytes() && !(**d).arg.is_null()
+            // SAFETY: each element is a valid DefElem of the statement,
+            // whose `defname` is a NUL-terminated string.
+            unsafe {
+                CStr::from_ptr((**d).defname).to_bytes() == name.as_bytes() && !(**d).arg.is_null()
+            }
         })
-        .map(|d| CStr::from_ptr(pg_sys::defGetString(d)).to_owned())
+        // SAFETY: a DefElem with an argument; defGetString() returns a
+        // NUL-terminated string (or raises core's ERROR), copied at once.
+        .map(|d| unsafe { CStr::from_ptr(pg_sys::defGetString(d)) }.to_owned());
+    value
 }
 
 /// What the STRATEGY option asks for.
@@ -45,7 +59,8 @@ pub unsafe fn peek(stmt: *const pg_sys::CreatedbStmt, name: &str) -> Option<CStr
 /// # Safety
 /// As [`peek`].
 pub unsafe fn requested_strategy(stmt: *const pg_sys::CreatedbStmt) -> Strategy {
-    match peek(stmt, "strategy")
+    // SAFETY: `stmt` is valid, as the caller promises.
+    match unsafe { peek(stmt, "strategy") }
         .map(|s| s.to_string_lossy().to_lowercase())
         .as_deref()
     {
@@ -93,7 +108,7 @@ pub struct CreatedbOptions {
 
 impl CreatedbOptions {
     /// # Safety
-    /// `pstate` and `stmt` must be valid; called inside a transaction.
+    /// `pstate` and `stmt` must be valid.
     pub unsafe fn parse(
         pstate: *mut pg_sys::ParseState,
         stmt: *const pg_sys::CreatedbStmt,
@@ -102,28 +117,38 @@ impl CreatedbOptions {
         // and unknown names; OID and LOCATION are handled on the spot.
         let mut given: Vec<(&'static str, *mut pg_sys::DefElem)> = Vec::new();
         let mut oid = pg_sys::InvalidOid;
-        for defel in PgList::<pg_sys::DefElem>::from_pg((*stmt).options).iter_ptr() {
-            let name = CStr::from_ptr((*defel).defname).to_string_lossy();
+        // SAFETY: `stmt` is valid (the caller's promise), so its `options`
+        // is NIL or a List of DefElem, as the grammar builds it.
+        let options = unsafe { PgList::<pg_sys::DefElem>::from_pg((*stmt).options) };
+        for defel in options.iter_ptr() {
+            // SAFETY: a valid DefElem of the statement; `defname` is a
+            // NUL-terminated string.
+            let name = unsafe { CStr::from_ptr((*defel).defname) }.to_string_lossy();
             if let Some(known) = OPTIONS.iter().find(|k| **k == name) {
                 if given.iter().any(|(k, _)| k == known) {
-                    pg_sys::errorConflictingDefElem(defel, pstate);
+                    // SAFETY: valid DefElem and ParseState; raises ERROR.
+                    unsafe { pg_sys::errorConflictingDefElem(defel, pstate) };
                 }
                 given.push((known, defel));
             } else if name == "location" {
-                Report::new(
+                let report = Report::new(
                     PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
                     "LOCATION is not supported anymore",
                 )
-                .hint("Consider using tablespaces instead.")
-                .position(pstate, (*defel).location)
-                .warning();
+                .hint("Consider using tablespaces instead.");
+                // SAFETY: `pstate` is valid and outlives the report, raised
+                // at once; `defel` is a valid DefElem.
+                unsafe { report.position(pstate, (*defel).location) }.warning();
             } else if name == "oid" {
-                oid = pg_sys::defGetObjectId(defel);
+                // SAFETY: a valid DefElem; raises core's ERROR if its
+                // argument is no OID.
+                oid = unsafe { pg_sys::defGetObjectId(defel) };
                 // As core: system-range OIDs are only for initdb and
                 // pg_upgrade, so that no future initdb can collide.
+                // SAFETY: reads of two bool globals of this backend (a GUC
+                // and a flag set at startup).
                 if oid.to_u32() < pg_sys::FirstNormalObjectId
-                    && !pg_sys::allowSystemTableMods
-                    && !pg_sys::IsBinaryUpgrade
+                    && unsafe { !pg_sys::allowSystemTableMods && !pg_sys::IsBinaryUpgrade }
                 {
                     error(
                         PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
@@ -134,20 +159,24 @@ impl CreatedbOptions {
                     );
                 }
             } else {
-                Report::new(
+                let report = Report::new(
                     PgSqlErrorCode::ERRCODE_SYNTAX_ERROR,
                     format!("option \"{name}\" not recognized"),
-                )
-                .position(pstate, (*defel).location)
-                .error();
+                );
+                // SAFETY: as for LOCATION above.
+                unsafe { report.position(pstate, (*defel).location) }.error();
             }
         }
 
         // Second pass, in core's order. An option given as DEFAULT has no
         // argument and counts as not given.
         let get = |k: &str| given.iter().find(|(n, _)| *n == k).map(|(_, d)| *d);
-        let with_arg = |k: &str| get(k).filter(|d| !(**d).arg.is_null());
-        let string = |d: *mut pg_sys::DefElem| CStr::from_ptr(pg_sys::defGetString(d)).to_owned();
+        // SAFETY: every pointer in `given` is a valid DefElem of the statement.
+        let with_arg = |k: &str| get(k).filter(|d| unsafe { !(**d).arg.is_null() });
+        // SAFETY: a valid DefElem; defGetString() returns a NUL-terminated
+        // string (or raises core's ERROR), copied at once.
+        let string =
+            |d: *mut pg_sys::DefElem| unsafe { CStr::from_ptr(pg_sys::defGetString(d)) }.to_owned();
 
         let mut o = CreatedbOptions {
             encoding: -1,
@@ -159,7 +188,9 @@ impl CreatedbOptions {
         o.owner = with_arg("owner").map(string);
         o.template = with_arg("template").map(string);
         if let Some(d) = with_arg("encoding") {
-            o.encoding = parse_encoding(pstate, d);
+            // SAFETY: `pstate` is valid (the caller's promise), `d` a valid
+            // DefElem of the statement.
+            o.encoding = unsafe { parse_encoding(pstate, d) };
         }
         if let Some(d) = with_arg("locale") {
             o.collate = Some(string(d));
@@ -191,13 +222,16 @@ impl CreatedbOptions {
             };
         }
         if let Some(d) = with_arg("is_template") {
-            o.is_template = pg_sys::defGetBoolean(d);
+            // SAFETY: a valid DefElem; raises core's ERROR if no boolean.
+            o.is_template = unsafe { pg_sys::defGetBoolean(d) };
         }
         if let Some(d) = with_arg("allow_connections") {
-            o.allow_connections = pg_sys::defGetBoolean(d);
+            // SAFETY: as above.
+            o.allow_connections = unsafe { pg_sys::defGetBoolean(d) };
         }
         if let Some(d) = with_arg("connection_limit") {
-            o.connection_limit = pg_sys::defGetInt32(d);
+            // SAFETY: a valid DefElem; raises core's ERROR if no integer.
+            o.connection_limit = unsafe { pg_sys::defGetInt32(d) };
             if o.connection_limit < pg_sys::DATCONNLIMIT_UNLIMITED {
                 error(
                     PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
@@ -242,31 +276,35 @@ const OPTIONS: &[&str] = &[
 /// # Safety
 /// `pstate` and `defel` must be valid.
 unsafe fn parse_encoding(pstate: *mut pg_sys::ParseState, defel: *mut pg_sys::DefElem) -> i32 {
-    if pgrx::is_a((*defel).arg, pg_sys::NodeTag::T_Integer) {
-        let code = pg_sys::defGetInt32(defel);
+    // SAFETY: `defel` is a valid DefElem with an argument (the caller's
+    // promise), so `arg` points to a Node.
+    if unsafe { pgrx::is_a((*defel).arg, pg_sys::NodeTag::T_Integer) } {
+        // SAFETY: a valid DefElem whose argument is an Integer.
+        let code = unsafe { pg_sys::defGetInt32(defel) };
         let name = compat::encoding_name(code);
-        if name.to_bytes().is_empty() || compat::server_encoding(name.as_ptr()) < 0 {
-            Report::new(
+        if name.to_bytes().is_empty() || compat::server_encoding(name) < 0 {
+            let report = Report::new(
                 PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT,
                 format!("{code} is not a valid encoding code"),
-            )
-            .position(pstate, (*defel).location)
-            .error();
+            );
+            // SAFETY: `pstate` is valid and outlives the report, raised at
+            // once; `defel` is valid.
+            unsafe { report.position(pstate, (*defel).location) }.error();
         }
         code
     } else {
-        let name = pg_sys::defGetString(defel);
+        // SAFETY: a valid DefElem; defGetString() returns a NUL-terminated
+        // string in the statement's memory context (or raises core's
+        // ERROR), which outlives this function.
+        let name = unsafe { CStr::from_ptr(pg_sys::defGetString(defel)) };
         let code = compat::server_encoding(name);
         if code < 0 {
-            Report::new(
+            let report = Report::new(
                 PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT,
-                format!(
-                    "{} is not a valid encoding name",
-                    CStr::from_ptr(name).to_string_lossy()
-                ),
-            )
-            .position(pstate, (*defel).location)
-            .error();
+                format!("{} is not a valid encoding name", name.to_string_lossy()),
+            );
+            // SAFETY: as above.
+            unsafe { report.position(pstate, (*defel).location) }.error();
         }
         code
     }

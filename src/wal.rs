@@ -371,12 +371,16 @@ pub fn log_drop(db: Oid, tablespaces: &[Oid]) {
 /// # Safety
 /// `record` must be the reader state the server passes to rm_* callbacks.
 unsafe fn decode<T: Copy>(record: *mut pg_sys::XLogReaderState) -> (u8, Option<T>) {
-    let decoded = (*record).record;
-    let info = (*decoded).header.xl_info & !(pg_sys::XLR_INFO_MASK as u8);
-    let data = (*decoded).main_data;
-    let rec = ((*decoded).main_data_len as usize >= std::mem::size_of::<T>())
-        .then(|| std::ptr::read_unaligned(data as *const T));
-    (info, rec)
+    // SAFETY: the server's reader state (the caller's promise) holds the
+    // record it decoded, whose main data is `main_data_len` bytes.
+    unsafe {
+        let decoded = (*record).record;
+        let info = (*decoded).header.xl_info & !(pg_sys::XLR_INFO_MASK as u8);
+        let data = (*decoded).main_data;
+        let rec = ((*decoded).main_data_len as usize >= std::mem::size_of::<T>())
+            .then(|| std::ptr::read_unaligned(data as *const T));
+        (info, rec)
+    }
 }
 
 /// Replay a record: core's `dbase_redo()` for `XLOG_DBASE_CREATE_FILE_COPY`,
@@ -387,17 +391,26 @@ unsafe fn decode<T: Copy>(record: *mut pg_sys::XLogReaderState) -> (u8, Option<T
 /// is known to be the whole branch is kept instead of copied again; the
 /// copy is a clone by the best method this host has, built under a
 /// temporary name and renamed into place; and the rename is made durable.
+///
+/// # Safety
+/// Called by the server as `rm_redo`, with the reader state of a record
+/// of ours.
 #[pg_guard]
 unsafe extern "C-unwind" fn redo(record: *mut pg_sys::XLogReaderState) {
-    note_record((*record).EndRecPtr);
-    let info = decode::<u8>(record).0;
+    // SAFETY: `record` is the server's valid reader state (our contract);
+    // so for every `(*record)` read and `decode()` below.
+    note_record(unsafe { (*record).EndRecPtr });
+    // SAFETY: as above.
+    let info = unsafe { decode::<u8>(record) }.0;
     if info == XLOG_BRANCH_CONVERT {
-        if let (_, Some(rec)) = decode::<ConvertRecord>(record) {
+        // SAFETY: as above.
+        if let (_, Some(rec)) = unsafe { decode::<ConvertRecord>(record) } {
             redo_convert(rec.db_id, rec.tablespace_id);
             return;
         }
     }
-    let (info, rec) = decode::<BranchRecord>(record);
+    // SAFETY: as above.
+    let (info, rec) = unsafe { decode::<BranchRecord>(record) };
     let Some(rec) = rec.filter(|_| info == XLOG_BRANCH_CREATE) else {
         pgrx::ereport!(
             PANIC,
@@ -407,13 +420,17 @@ unsafe extern "C-unwind" fn redo(record: *mut pg_sys::XLogReaderState) {
     };
     // Whatever the template's buffers hold up to this point must be on
     // disk before we clone its files, as in core's dbase_redo().
-    pg_sys::FlushDatabaseBuffers(rec.src_db_id);
+    // SAFETY: writes out the shared buffers of a database by OID, as
+    // dbase_redo() does.
+    unsafe { pg_sys::FlushDatabaseBuffers(rec.src_db_id) };
 
     let src = ffi::database_path(rec.src_db_id, rec.src_tablespace_id);
     let dst = ffi::database_path(rec.db_id, rec.tablespace_id);
     // This record, as no other on any timeline: the timeline of the page it
     // was read from, and where it starts.
-    let mark = record_mark_text((*record).latestPageTLI, (*record).ReadRecPtr);
+    // SAFETY: `record` is the server's valid reader state (our contract).
+    let (tli, start) = unsafe { ((*record).latestPageTLI, (*record).ReadRecPtr) };
+    let mark = record_mark_text(tli, start);
     if dst.exists() {
         // Keep a directory that is known to be the whole branch as of this
         // record: in crash recovery, the one made before the crash (module
@@ -460,7 +477,8 @@ unsafe extern "C-unwind" fn redo(record: *mut pg_sys::XLogReaderState) {
     let parent = dst.parent().map(|p| p.to_path_buf()).unwrap_or_default();
     create_missing_dir(&parent, true);
     create_missing_dir(&src, false);
-    warn_if_restoring_a_standby_backup(&dst, (*record).ReadRecPtr);
+    // SAFETY: `record` is the server's valid reader state (our contract).
+    warn_if_restoring_a_standby_backup(&dst, unsafe { (*record).ReadRecPtr });
     // Build under a temporary name and rename into place, so that a crash
     // of this replay never leaves a partial directory under the real name.
     let tmp = dst.with_extension(REDO_SUFFIX);
@@ -693,9 +711,15 @@ fn log(message: String) {
     pgrx::ereport!(LOG, PgSqlErrorCode::ERRCODE_SUCCESSFUL_COMPLETION, message);
 }
 
+/// `rm_desc`: a record of ours, described for pg_waldump and pg_walinspect.
+///
+/// # Safety
+/// Called by the server as `rm_desc`, with a valid StringInfo and the
+/// reader state of a record of ours.
 #[pg_guard]
 unsafe extern "C-unwind" fn desc(buf: pg_sys::StringInfo, record: *mut pg_sys::XLogReaderState) {
-    let text = match decode::<BranchRecord>(record) {
+    // SAFETY: `record` is the server's valid reader state (our contract).
+    let text = match unsafe { decode::<BranchRecord>(record) } {
         (XLOG_BRANCH_CREATE, Some(r)) => format!(
             "branch dir {}/{} to {}/{} by {}",
             r.src_tablespace_id.to_u32(),
@@ -704,7 +728,8 @@ unsafe extern "C-unwind" fn desc(buf: pg_sys::StringInfo, record: *mut pg_sys::X
             r.db_id.to_u32(),
             r.method()
         ),
-        (XLOG_BRANCH_CONVERT, _) => match decode::<ConvertRecord>(record) {
+        // SAFETY: as above.
+        (XLOG_BRANCH_CONVERT, _) => match unsafe { decode::<ConvertRecord>(record) } {
             (_, Some(r)) => format!(
                 "convert dir {}/{} to a subvolume",
                 r.tablespace_id.to_u32(),
@@ -715,9 +740,16 @@ unsafe extern "C-unwind" fn desc(buf: pg_sys::StringInfo, record: *mut pg_sys::X
         _ => return,
     };
     let text = CString::new(text).expect("no NUL");
-    pg_sys::appendStringInfoString(buf, text.as_ptr());
+    // SAFETY: `buf` is the server's valid StringInfo (our contract); the
+    // NUL-terminated text is copied into it.
+    unsafe { pg_sys::appendStringInfoString(buf, text.as_ptr()) };
 }
 
+/// `rm_identify`: the name of a record's operation, or NULL.
+///
+/// # Safety
+/// Called by the server as `rm_identify`; it reads nothing but `info`, so
+/// there is nothing more to uphold.
 #[pg_guard]
 unsafe extern "C-unwind" fn identify(info: u8) -> *const c_char {
     match info & !(pg_sys::XLR_INFO_MASK as u8) {
