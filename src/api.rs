@@ -1,4 +1,4 @@
-//! The SQL API of `CREATE EXTENSION pg_branch` (schema `pg_branch`).
+//! The SQL API of `CREATE EXTENSION pg_branch` (schema `pgbranch`).
 
 use crate::branch;
 use crate::catalog;

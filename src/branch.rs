@@ -3,8 +3,8 @@
 //! `src/backend/commands/dbcommands.c`; where it differs, the comment says
 //! so and why. The step numbers in the comments below are these:
 //!
-//!  1. The hook decides the statement is ours (hook.rs): a branch is
-//!     wanted and possible. Everything else goes to core untouched.
+//!  1. Decide the statement is ours (decide.rs, asked by hook.rs): a
+//!     branch is wanted and possible. Everything else goes to core.
 //!  2. Validate as core does, in core's order: options, owner, privileges,
 //!     template, locale, tablespace, name.
 //!  3. Pin the template: AccessShareLock on its database object, held to

@@ -1,6 +1,6 @@
-//! The ProcessUtility hook: decide whether a statement is a branch, and
-//! hand everything else on untouched (step 1 of the protocol in
-//! branch.rs).
+//! The ProcessUtility hook: a `CREATE DATABASE` that decide.rs makes a
+//! branch goes to `branch::createdb`; everything else is handed on
+//! untouched.
 //!
 //! It nests like any well-behaved hook: the previous hook (another
 //! extension's, or none) is saved at load time and receives every
@@ -21,11 +21,8 @@
 //! where they only format text, and call no core function whose error a
 //! client would see. pg_branch installs no other hook.
 
-use crate::branch::{self, CloneStep, Plan};
-use crate::catalog;
-use crate::error::Report;
-use crate::gucs;
-use crate::options::{self, Strategy};
+use crate::branch;
+use crate::decide::{self, Decision};
 use pgrx::pg_sys;
 use pgrx::pg_sys::panic::CaughtError;
 use pgrx::prelude::*;
@@ -83,7 +80,7 @@ pub unsafe extern "C-unwind" fn pg_branch_createdb(
         let stmt = unsafe { (*pstmt).utilityStmt } as *mut pg_sys::CreatedbStmt;
         let top_level = context == pg_sys::ProcessUtilityContext::PROCESS_UTILITY_TOPLEVEL;
         // SAFETY: `stmt` is valid for the whole statement (above).
-        let Some(probed) = (unsafe { ours(stmt, top_level) }) else {
+        let Decision::Branch(probed) = (unsafe { decide::decide(stmt, top_level) }) else {
             return false;
         };
         // SAFETY: allocates a fresh ParseState (no parent) in the current
@@ -96,7 +93,7 @@ pub unsafe extern "C-unwind" fn pg_branch_createdb(
             (*pstate).p_queryEnv = query_env;
         }
         // SAFETY: `pstate` and `stmt` are valid until freed below or until
-        // the statement ends; ours() checked that this is a top-level
+        // the statement ends; decide() checked that this is a top-level
         // statement outside a transaction block.
         unsafe { branch::createdb(pstate, stmt, &probed) };
         // SAFETY: `pstate` is ours and no longer used.
@@ -192,98 +189,4 @@ fn panic_fields(message: &str) -> Fields {
         "pg_branch".into(),
         0,
     )
-}
-
-/// Whether pg_branch makes this CREATE DATABASE: `Some` with the clone steps
-/// it found (empty where `branch::createdb` is to raise core's error or a
-/// filesystem error at core's point), `None` for core. Runs the checks that
-/// `standard_ProcessUtility()` makes before `createdb()` (read-only
-/// transaction, parallel mode, recovery, transaction block) so that they
-/// come first either way, then asks whether a branch is wanted and possible.
-///
-/// A statement that names a template or tablespace that does not exist is
-/// left to core, which reports it with its own words.
-///
-/// # Safety
-/// `stmt` must point to a valid `CreatedbStmt`.
-unsafe fn ours(stmt: *mut pg_sys::CreatedbStmt, top_level: bool) -> Option<Vec<CloneStep>> {
-    // SAFETY: `stmt` is valid (the caller's promise).
-    let strategy = unsafe { options::requested_strategy(stmt) };
-    if strategy == Strategy::Core {
-        return None;
-    }
-    if !gucs::ENABLED.get() {
-        if strategy == Strategy::Snapshot {
-            Report::new(
-                PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
-                "cannot create a database with STRATEGY SNAPSHOT while pg_branch.enabled is off",
-            )
-            .hint("SET pg_branch.enabled = on, or choose STRATEGY WAL_LOG or FILE_COPY.")
-            .error();
-        }
-        return None;
-    }
-
-    // The order of standard_ProcessUtility() for a CREATE DATABASE.
-    // SAFETY: reads of this backend's transaction state; each Prevent*
-    // raises core's ERROR or returns, and the static name outlives it.
-    unsafe {
-        if pg_sys::XactReadOnly || pg_sys::IsInParallelMode() {
-            pg_sys::PreventCommandIfReadOnly(c"CREATE DATABASE".as_ptr());
-            pg_sys::PreventCommandIfParallelMode(c"CREATE DATABASE".as_ptr());
-            pg_sys::PreventCommandDuringRecovery(c"CREATE DATABASE".as_ptr());
-        }
-        pg_sys::PreventInTransactionBlock(top_level, c"CREATE DATABASE".as_ptr());
-    }
-
-    // SAFETY: `stmt` is valid (the caller's promise).
-    let template_name =
-        unsafe { options::peek(stmt, "template") }.unwrap_or_else(|| c"template1".to_owned());
-    // A template that does not exist: core says so, in its words.
-    let template = catalog::lock_database(&template_name, pg_sys::NoLock as _)?;
-    // A role that may not make this database gets core's error from
-    // branch::createdb, in core's order, before pg_branch looks at any
-    // filesystem (whose probe would create a file in the target
-    // tablespace, and whose NOTICE would show paths).
-    if !branch::may_copy(&template) {
-        return Some(Vec::new());
-    }
-    // SAFETY: `stmt` is valid (the caller's promise).
-    let dst_tablespace = match unsafe { options::peek(stmt, "tablespace") } {
-        None => template.tablespace,
-        // SAFETY: a NUL-terminated name; missing_ok, so no ERROR if absent.
-        Some(name) => match unsafe { pg_sys::get_tablespace_oid(name.as_ptr(), true) } {
-            // Core reports a missing tablespace, and refuses pg_global.
-            oid if oid == pg_sys::InvalidOid || oid == pg_sys::GLOBALTABLESPACE_OID => return None,
-            oid => oid,
-        },
-    };
-    match branch::plan(template.oid, template.tablespace, dst_tablespace) {
-        Plan::Clone(steps) => Some(steps),
-        // A filesystem error: ours to report, after core's validation of
-        // the statement (branch::createdb plans again at core's point).
-        Plan::Failed(_) => Some(Vec::new()),
-        Plan::Core(why) if strategy == Strategy::Snapshot => Report::new(
-            PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
-            format!(
-                "cannot create database with STRATEGY SNAPSHOT from template \"{}\"",
-                template_name.to_string_lossy()
-            ),
-        )
-        .detail(why.reason)
-        .hint("Use STRATEGY WAL_LOG or FILE_COPY, or move the data directory to btrfs or XFS with reflink.")
-        .error(),
-        Plan::Core(why) => {
-            Report::new(
-                PgSqlErrorCode::ERRCODE_SUCCESSFUL_COMPLETION,
-                format!(
-                    "template \"{}\" cannot be branched, copying it instead",
-                    template_name.to_string_lossy()
-                ),
-            )
-            .detail(why.reason)
-            .notice();
-            None
-        }
-    }
 }

@@ -3,7 +3,7 @@
 //! The library must be preloaded: its ProcessUtility hook has to be in
 //! place in every backend, and (from the durability work on) its WAL
 //! resource manager can only be registered at postmaster start.
-//! `CREATE EXTENSION pg_branch` adds the SQL API in schema `pg_branch`.
+//! `CREATE EXTENSION pg_branch` adds the SQL API in schema `pgbranch`.
 //!
 //! Unsafe code: every unsafe operation sits in its own `unsafe {}` block
 //! with a `// SAFETY:` comment (the lint below enforces the blocks). The
@@ -25,6 +25,7 @@ mod catalog;
 mod cleanup;
 mod compat;
 mod convert;
+mod decide;
 mod doctor;
 mod error;
 mod fence;
