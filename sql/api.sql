@@ -1,7 +1,9 @@
 -- The hand-written part of the SQL API (src/api.rs defines the functions).
 -- Who may call what: every function that shows paths or changes the
 -- server is the superuser's; last_branch(), which shows a session only its
--- own last statement, stays PUBLIC.
+-- own last statement, is everyone's, and so is the schema (which holds
+-- nothing else a role could use without a grant).
+GRANT USAGE ON SCHEMA @extschema@ TO PUBLIC;
 REVOKE ALL ON FUNCTION database_storage() FROM PUBLIC;
 REVOKE ALL ON FUNCTION orphans() FROM PUBLIC;
 REVOKE ALL ON FUNCTION remove_orphans() FROM PUBLIC;

@@ -5,6 +5,10 @@
 -- PARALLEL RESTRICTED, not SAFE.
 ALTER FUNCTION database_storage() PARALLEL RESTRICTED;
 
+-- last_branch() was PUBLIC, but its schema was not: any role but the
+-- superuser got "permission denied for schema pgbranch".
+GRANT USAGE ON SCHEMA @extschema@ TO PUBLIC;
+
 -- Every function is described (0.1.0 described database_storage() only).
 COMMENT ON FUNCTION last_branch() IS
   'What this session''s last branch took, step by step';

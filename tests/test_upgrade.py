@@ -30,6 +30,9 @@ SELECT p.proname, pg_get_function_identity_arguments(p.oid), pg_get_function_res
  ORDER BY 1, 2
 """
 
+# The extension's schema: who may use it.
+SCHEMA = "SELECT nspname, nspacl::text FROM pg_namespace WHERE nspname = 'pgbranch'"
+
 
 @pytest.fixture
 def old_script():
@@ -63,6 +66,7 @@ def test_update_from_0_1_0_equals_a_fresh_install(branch, old_script):
         assert branch.one("SELECT extversion FROM pg_extension WHERE extname = 'pg_branch'",
                           dbname=db) == CURRENT
     assert branch.sql(FUNCTIONS, dbname="upgrade_old") == fresh
+    assert branch.sql(SCHEMA, dbname="upgrade_old") == branch.sql(SCHEMA, dbname="upgrade_new")
     assert describe(branch, "upgrade_old") == describe(branch, "upgrade_new")
     assert "function pgbranch.doctor()" in describe(branch, "upgrade_new")
     for db in ("upgrade_old", "upgrade_new"):

@@ -42,6 +42,23 @@ mod tests {
         assert_eq!(executable, "last_branch");
     }
 
+    /// A role with no grant of its own reads its last branch (0.1.0 refused
+    /// it: the schema was not PUBLIC) and nothing else.
+    #[pg_test]
+    fn api_last_branch_is_everyones() {
+        Spi::run("CREATE ROLE branch_api_anyone").unwrap();
+        Spi::run("SET ROLE branch_api_anyone").unwrap();
+        let rows: i64 = one("SELECT count(*) FROM pgbranch.last_branch()");
+        assert_eq!(rows, 0);
+    }
+
+    #[pg_test(error = "permission denied for function doctor")]
+    fn api_doctor_is_not_everyones() {
+        Spi::run("CREATE ROLE branch_api_someone").unwrap();
+        Spi::run("SET ROLE branch_api_someone").unwrap();
+        Spi::run("SELECT * FROM pgbranch.doctor()").unwrap();
+    }
+
     /// Every function carries a comment (`\df+` and `\dx+` show them).
     #[pg_test]
     fn api_functions_are_described() {
