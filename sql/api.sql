@@ -11,9 +11,18 @@ REVOKE ALL ON FUNCTION convert_to_subvolume(text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION convert_all_to_subvolumes() FROM PUBLIC;
 REVOKE ALL ON FUNCTION doctor() FROM PUBLIC;
 REVOKE ALL ON FUNCTION wal_needs_pg_branch() FROM PUBLIC;
+-- Extent maps reveal paths and file layout, as reading the files would.
+REVOKE ALL ON FUNCTION branch_size(text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION branch_size(text) TO pg_read_server_files;
+REVOKE ALL ON FUNCTION cluster_size() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION cluster_size() TO pg_read_server_files;
 
 COMMENT ON FUNCTION database_storage() IS
   'Where each database directory lives and how pg_branch would branch it';
+COMMENT ON FUNCTION branch_size(text) IS
+  'A database''s bytes on disk: its own (exclusive) and shared with other files';
+COMMENT ON FUNCTION cluster_size() IS
+  'What all databases take on disk together, each shared extent once';
 COMMENT ON FUNCTION last_branch() IS
   'What this session''s last branch took, step by step';
 COMMENT ON FUNCTION orphans() IS

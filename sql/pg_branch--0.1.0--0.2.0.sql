@@ -24,3 +24,35 @@ COMMENT ON FUNCTION doctor() IS
   'Check the set-up: one row per check, with what to do about it';
 COMMENT ON FUNCTION wal_needs_pg_branch() IS
   'Who would still need pg_branch to replay this server''s WAL';
+
+-- New: branch_size(), a database's bytes on disk, its own and shared
+-- (src/api.rs; privileges as in sql/api.sql).
+CREATE FUNCTION branch_size("database" text) RETURNS TABLE (
+	"tablespace" text,
+	"path" text,
+	"files" bigint,
+	"exclusive_bytes" bigint,
+	"shared_bytes" bigint
+)
+STRICT VOLATILE
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'branch_size_wrapper';
+REVOKE ALL ON FUNCTION branch_size(text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION branch_size(text) TO pg_read_server_files;
+COMMENT ON FUNCTION branch_size(text) IS
+  'A database''s bytes on disk: its own (exclusive) and shared with other files';
+
+-- New: cluster_size(), what all databases take on disk together.
+CREATE FUNCTION cluster_size() RETURNS TABLE (
+	"databases" bigint,
+	"files" bigint,
+	"database_bytes" bigint,
+	"disk_bytes" bigint
+)
+STRICT VOLATILE
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'cluster_size_wrapper';
+REVOKE ALL ON FUNCTION cluster_size() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION cluster_size() TO pg_read_server_files;
+COMMENT ON FUNCTION cluster_size() IS
+  'What all databases take on disk together, each shared extent once';

@@ -9,7 +9,7 @@ use crate::error;
 use crate::ffi;
 use crate::stats;
 use crate::wal;
-use pg_branch_storage::{errno_text, fs_name, is_subvolume};
+use pg_branch_storage::{errno_text, fs_name, is_subvolume, referenced_bytes, usage};
 use pgrx::prelude::*;
 
 /// One row per database directory: where it lives, on which filesystem,
@@ -259,6 +259,115 @@ fn convert_all_to_subvolumes() -> TableIterator<
     TableIterator::new(out)
 }
 
+/// What the files of database `database` hold on disk, per tablespace:
+/// `exclusive_bytes`, data no other file references (what dropping the
+/// database would free), and `shared_bytes`, data it shares with its
+/// template, other branches or snapshots (see the README for what sharing
+/// among branches means for totals). From FIEMAP's shared flag, so it
+/// reads each file's extent map, not its data. Superuser, or members of
+/// pg_read_server_files, by default.
+#[pg_extern(volatile)]
+#[allow(clippy::type_complexity)]
+fn branch_size(
+    database: &str,
+) -> TableIterator<
+    'static,
+    (
+        name!(tablespace, String),
+        name!(path, String),
+        name!(files, i64),
+        name!(exclusive_bytes, i64),
+        name!(shared_bytes, i64),
+    ),
+> {
+    let name = std::ffi::CString::new(database).unwrap_or_default();
+    // Held to the end of the transaction: DROP DATABASE, SET TABLESPACE and
+    // conversion (AccessExclusiveLock) wait, so the directories stay put.
+    let db = catalog::lock_database(&name, pg_sys::AccessShareLock as _).unwrap_or_else(|| {
+        error::error(
+            PgSqlErrorCode::ERRCODE_INVALID_CATALOG_NAME,
+            format!("database \"{database}\" does not exist"),
+        )
+    });
+    let mut out = Vec::new();
+    for ts in catalog::tablespaces() {
+        let path = ffi::database_path(db.oid, ts);
+        if !path.is_dir() {
+            continue;
+        }
+        let u = usage(&path).unwrap_or_else(|e| {
+            error::error(
+                error::file_error_code(e.raw_os_error()),
+                format!(
+                    "could not read the extents of \"{}\": {}",
+                    path.display(),
+                    errno_text(&e)
+                ),
+            )
+        });
+        out.push((
+            catalog::tablespace_name(ts),
+            path.display().to_string(),
+            u.files as i64,
+            u.exclusive_bytes as i64,
+            u.shared_bytes as i64,
+        ));
+    }
+    TableIterator::new(out)
+}
+
+/// What all the databases take on disk together: `database_bytes`, the
+/// sum of each one's `branch_size()` (as if each were a copy), and
+/// `disk_bytes`, the data they reference together, each shared extent
+/// counted once. Superuser, or members of pg_read_server_files, by default.
+#[pg_extern(volatile)]
+#[allow(clippy::type_complexity)]
+fn cluster_size() -> TableIterator<
+    'static,
+    (
+        name!(databases, i64),
+        name!(files, i64),
+        name!(database_bytes, i64),
+        name!(disk_bytes, i64),
+    ),
+> {
+    // A listing, not a lock: a database dropped meanwhile counts as empty.
+    let dbs = catalog::databases();
+    let dirs: Vec<_> = dbs
+        .iter()
+        .flat_map(|d| {
+            catalog::tablespaces()
+                .into_iter()
+                .map(|ts| ffi::database_path(d.oid, ts))
+        })
+        .filter(|p| p.is_dir())
+        .collect();
+    let extents_error = |path: &std::path::Path, e: std::io::Error| -> ! {
+        error::error(
+            error::file_error_code(e.raw_os_error()),
+            format!(
+                "could not read the extents of \"{}\": {}",
+                path.display(),
+                errno_text(&e)
+            ),
+        )
+    };
+    let (mut files, mut database_bytes) = (0u64, 0u64);
+    for dir in &dirs {
+        let u = usage(dir).unwrap_or_else(|e| extents_error(dir, e));
+        files += u.files;
+        database_bytes += u.exclusive_bytes + u.shared_bytes;
+    }
+    let disk_bytes =
+        referenced_bytes(&dirs).unwrap_or_else(|e| extents_error(std::path::Path::new("base"), e));
+    TableIterator::new(std::iter::once((
+        dbs.len() as i64,
+        files as i64,
+        database_bytes as i64,
+        disk_bytes as i64,
+    )))
+}
+
 /// Check the set-up: one row per check, with its status (`ok`, `info`,
 /// `warning`, `error`), what was found, and what to do about it.
 #[pg_extern(volatile)]
@@ -375,6 +484,8 @@ extension_sql_file!(
     name = "api",
     requires = [
         database_storage,
+        branch_size,
+        cluster_size,
         last_branch,
         orphans,
         remove_orphans,

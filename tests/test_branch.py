@@ -252,3 +252,37 @@ def test_a_branch_made_while_a_backup_runs_is_written_into_wal_page_by_page(bran
     finally:
         for db in ("wal_b1", "wal_b2", "wal_b3", "wal_t"):
             branch.sql(f"DROP DATABASE IF EXISTS {db}")
+
+
+def test_cluster_size_counts_shared_data_once(branch):
+    """cluster_size(): each branch adds its template's bytes to
+    database_bytes (what copies would take) but almost nothing to
+    disk_bytes (what is on disk, each shared extent once) until it writes."""
+    branch.sql("DROP DATABASE IF EXISTS sz_tpl")
+    branch.sql("CREATE DATABASE sz_tpl")
+    branch.sql("CREATE TABLE t WITH (autovacuum_enabled = off) AS "
+               "SELECT g, repeat('x', 200) AS v FROM generate_series(1, 100000) g", dbname="sz_tpl")
+    branch.sql("CHECKPOINT")
+    tpl = branch.one("SELECT sum(exclusive_bytes + shared_bytes) FROM pgbranch.branch_size('sz_tpl')")
+    assert tpl > 20 << 20
+
+    def size():
+        branch.sql("CHECKPOINT")
+        return branch.sql("SELECT database_bytes, disk_bytes FROM pgbranch.cluster_size()")[0]
+
+    before = size()
+    for n in range(3):
+        branch.sql(f"CREATE DATABASE sz_b{n} TEMPLATE sz_tpl")
+    copies = size()
+    assert copies[0] - before[0] > 3 * tpl - (1 << 20), (before, copies, tpl)
+    assert copies[1] - before[1] < tpl // 10, (before, copies, tpl)
+    assert copies[1] <= copies[0]
+
+    branch.sql("UPDATE t SET v = repeat('y', 200)", dbname="sz_b0")
+    written = size()
+    own = branch.one("SELECT sum(exclusive_bytes) FROM pgbranch.branch_size('sz_b0')")
+    assert own > 20 << 20
+    assert written[1] - copies[1] > own - (2 << 20), (copies, written, own)
+    for n in range(3):
+        branch.sql(f"DROP DATABASE sz_b{n}")
+    branch.sql("DROP DATABASE sz_tpl")

@@ -24,8 +24,9 @@ mod tests {
         );
         assert_eq!(
             labels,
-            "convert_all_to_subvolumes:vu convert_to_subvolume:vu database_storage:vr \
-             doctor:vu last_branch:vr orphans:vu remove_orphans:vu wal_needs_pg_branch:vu"
+            "branch_size:vu cluster_size:vu convert_all_to_subvolumes:vu \
+             convert_to_subvolume:vu database_storage:vr doctor:vu last_branch:vr orphans:vu \
+             remove_orphans:vu wal_needs_pg_branch:vu"
         );
     }
 
@@ -40,6 +41,10 @@ mod tests {
                 AND has_function_privilege('branch_api_nobody', oid, 'EXECUTE')",
         );
         assert_eq!(executable, "last_branch");
+        // Reading extent maps is for those who may read server files.
+        let readers: bool = one("SELECT has_function_privilege('pg_read_server_files',
+                                           'pgbranch.branch_size(text)', 'EXECUTE')");
+        assert!(readers);
     }
 
     /// A role with no grant of its own reads its last branch (0.1.0 refused
@@ -147,6 +152,74 @@ mod tests {
 #[cfg(test)]
 mod sessions {
     use crate::pg_tests::{session, sql_error};
+
+    /// btrfs' own count of the bytes in `dir` that no other file shares.
+    fn btrfs_du_exclusive(dir: &str) -> i64 {
+        let out = std::process::Command::new("btrfs")
+            .args(["filesystem", "du", "-s", "--raw", dir])
+            .output()
+            .expect("btrfs filesystem du");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let total = text.lines().last().unwrap_or_default().to_owned();
+        total
+            .split_whitespace()
+            .nth(1)
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("btrfs filesystem du {dir}: {text}"))
+    }
+
+    /// branch_size() of a fresh branch: all shared; after a table of
+    /// its own is written, its exclusive bytes are what btrfs counts.
+    #[test]
+    fn api_branch_size_counts_what_a_branch_wrote() {
+        let mut c = session("pgrx_tests");
+        c.simple_query("DROP DATABASE IF EXISTS api_size WITH (FORCE)")
+            .unwrap();
+        c.simple_query("CREATE DATABASE api_size").unwrap();
+        let size = |c: &mut postgres::Client| -> (String, i64, i64) {
+            c.simple_query("CHECKPOINT").unwrap();
+            let r = c
+                .query_one(
+                    "SELECT current_setting('data_directory') || '/' || path,
+                            exclusive_bytes, shared_bytes
+                       FROM pgbranch.branch_size('api_size')",
+                    &[],
+                )
+                .unwrap();
+            (r.get(0), r.get(1), r.get(2))
+        };
+        let (dir, exclusive, shared) = size(&mut c);
+        assert!(
+            shared > 1 << 20,
+            "a fresh branch shares its template's files: {shared}"
+        );
+        assert_eq!(exclusive, btrfs_du_exclusive(&dir));
+
+        session("api_size")
+            .simple_query(
+                "CREATE TABLE t AS SELECT repeat('x', 500) AS v FROM generate_series(1, 20000)",
+            )
+            .unwrap();
+        let (dir, exclusive_after, _) = size(&mut c);
+        assert!(
+            exclusive_after >= exclusive + (8 << 20),
+            "{exclusive} -> {exclusive_after}"
+        );
+        assert_eq!(exclusive_after, btrfs_du_exclusive(&dir));
+
+        let e = c
+            .simple_query("SELECT * FROM pgbranch.branch_size('api_no_such_db')")
+            .expect_err("no such database");
+        assert_eq!(
+            sql_error(&e),
+            (
+                "3D000".to_owned(),
+                "database \"api_no_such_db\" does not exist".to_owned()
+            )
+        );
+        c.simple_query("DROP DATABASE api_size WITH (FORCE)")
+            .unwrap();
+    }
 
     /// The superuser-only functions refuse other roles with core's
     /// SQLSTATE, even once EXECUTE is granted.

@@ -32,6 +32,7 @@ mod mountinfo;
 mod names;
 mod probe;
 mod reflink;
+mod usage;
 
 pub use clone::{clone_dir, Cloned};
 pub use convert::{convert_to_subvolume, remove_convert_leftover, Converted};
@@ -41,6 +42,7 @@ pub use mark::{record_mark, set_record_mark};
 pub use mountinfo::{fs_name, mount_options};
 pub use names::{database_dir_name, looks_like_temp_rel_name, CONVERT_SUFFIX, REDO_SUFFIX};
 pub use probe::{can_reflink_in, is_nocow, is_subvolume, probe};
+pub use usage::{referenced_bytes, usage, Usage};
 
 use std::fmt;
 

@@ -7,7 +7,7 @@
 
 use pg_branch_storage::{
     can_reflink_in, clone_dir, convert_to_subvolume, is_subvolume, mount_options, probe,
-    remove_dir, Converted, Method,
+    referenced_bytes, remove_dir, usage, Converted, Method, Usage,
 };
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -488,4 +488,112 @@ fn record_marks_are_kept_on_the_directory_itself() {
     }
     fs::remove_dir_all(&plain).unwrap();
     fs::remove_dir_all(&root).unwrap();
+}
+
+/// Overwrite 64 KiB of `file` at 1 MiB, in place, and make it durable.
+fn overwrite_64k(file: &Path) {
+    use std::io::{Seek, SeekFrom, Write};
+    let mut f = fs::OpenOptions::new().write(true).open(file).unwrap();
+    f.seek(SeekFrom::Start(1 << 20)).unwrap();
+    f.write_all(&[0xa5; 64 << 10]).unwrap();
+    f.sync_all().unwrap();
+}
+
+/// btrfs' own count of the bytes in `dir` that no other file shares
+/// (`btrfs filesystem du`'s "Exclusive" column).
+fn btrfs_du_exclusive(dir: &Path) -> u64 {
+    let out = Command::new("btrfs")
+        .args(["filesystem", "du", "-s", "--raw"])
+        .arg(dir)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let last = text
+        .lines()
+        .last()
+        .expect("btrfs filesystem du prints a total");
+    last.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// The template's data: 4 MiB + 8 KiB + 24 KiB + the small files.
+fn template_bytes(u: &Usage) -> u64 {
+    u.exclusive_bytes + u.shared_bytes
+}
+
+#[test]
+fn btrfs_usage_of_a_snapshot_and_what_it_wrote() {
+    let root = scratch("PG_BRANCH_TEST_BTRFS");
+    let (_plain, src) = subvolume_template(&root);
+    let branch = root.join("3");
+    clone_dir(&src, &branch, Method::Snapshot).unwrap();
+    let fresh = usage(&branch).unwrap();
+    // All of it shared with the template, none its own.
+    assert_eq!(fresh.files, 4, "{fresh:?}");
+    assert_eq!(fresh.exclusive_bytes, 0, "{fresh:?}");
+    assert!(fresh.shared_bytes >= 4 << 20, "{fresh:?}");
+    assert_eq!(btrfs_du_exclusive(&branch), 0);
+
+    overwrite_64k(&branch.join("16384"));
+    let after = usage(&branch).unwrap();
+    assert_eq!(after.exclusive_bytes, 64 << 10, "{after:?}");
+    assert_eq!(template_bytes(&after), template_bytes(&fresh), "{after:?}");
+    assert_eq!(after.exclusive_bytes, btrfs_du_exclusive(&branch));
+    // btrfs shares whole extents: the template's 4 MiB extent is still
+    // referenced by the branch (all but the 64 KiB it rewrote), so the
+    // template has nothing of its own yet, as btrfs itself counts it.
+    assert_eq!(
+        usage(&src).unwrap().exclusive_bytes,
+        btrfs_du_exclusive(&src)
+    );
+    // Together they reference the template's data once, plus the 64 KiB.
+    assert_eq!(
+        referenced_bytes(&[&src, &branch]).unwrap(),
+        template_bytes(&fresh) + (64 << 10)
+    );
+    assert_eq!(
+        referenced_bytes(&[&branch]).unwrap(),
+        template_bytes(&after)
+    );
+}
+
+#[test]
+fn xfs_usage_of_a_reflinked_copy_and_what_it_wrote() {
+    let root = scratch("PG_BRANCH_TEST_XFS");
+    let src = root.join("1");
+    make_template(&src);
+    let branch = root.join("2");
+    clone_dir(&src, &branch, Method::Reflink).unwrap();
+    let fresh = usage(&branch).unwrap();
+    assert_eq!(fresh.exclusive_bytes, 0, "{fresh:?}");
+    assert!(fresh.shared_bytes >= 4 << 20, "{fresh:?}");
+    // The template's temporary file, which no branch copies, is its own.
+    let template_own = usage(&src).unwrap().exclusive_bytes;
+
+    overwrite_64k(&branch.join("16384"));
+    let after = usage(&branch).unwrap();
+    assert_eq!(after.exclusive_bytes, 64 << 10, "{after:?}");
+    assert_eq!(template_bytes(&after), template_bytes(&fresh), "{after:?}");
+    // XFS counts references per block: the template's old 64 KiB are now
+    // its alone.
+    assert_eq!(
+        usage(&src).unwrap().exclusive_bytes,
+        template_own + (64 << 10)
+    );
+    // Together: the template's data once (its temporary file included),
+    // plus the branch's 64 KiB.
+    assert_eq!(
+        referenced_bytes(&[&src, &branch]).unwrap(),
+        template_bytes(&fresh) + template_own + (64 << 10)
+    );
+}
+
+#[test]
+fn ext4_usage_is_all_exclusive() {
+    let root = scratch("PG_BRANCH_TEST_EXT4");
+    let dir = root.join("1");
+    make_template(&dir);
+    let u = usage(&dir).unwrap();
+    assert_eq!(u.files, 5, "{u:?}");
+    assert_eq!(u.shared_bytes, 0, "{u:?}");
+    assert!(u.exclusive_bytes >= (4 << 20) + 8192 + 24576, "{u:?}");
 }
