@@ -260,8 +260,7 @@ fn convert_all_to_subvolumes() -> TableIterator<
 }
 
 /// What the files of database `database` hold on disk, per tablespace:
-/// `exclusive_bytes`, data no other file references (what dropping the
-/// database would free), and `shared_bytes`, data it shares with its
+/// `exclusive_bytes`, data no other file references, and `shared_bytes`, data it shares with its
 /// template, other branches or snapshots (see the README for what sharing
 /// among branches means for totals). From FIEMAP's shared flag, so it
 /// reads each file's extent map, not its data. Superuser, or members of
@@ -295,16 +294,7 @@ fn branch_size(
         if !path.is_dir() {
             continue;
         }
-        let u = usage(&path).unwrap_or_else(|e| {
-            error::error(
-                error::file_error_code(e.raw_os_error()),
-                format!(
-                    "could not read the extents of \"{}\": {}",
-                    path.display(),
-                    errno_text(&e)
-                ),
-            )
-        });
+        let u = usage(&path).unwrap_or_else(|e| extents_error(&path, e));
         out.push((
             catalog::tablespace_name(ts),
             path.display().to_string(),
@@ -342,16 +332,6 @@ fn cluster_size() -> TableIterator<
         })
         .filter(|p| p.is_dir())
         .collect();
-    let extents_error = |path: &std::path::Path, e: std::io::Error| -> ! {
-        error::error(
-            error::file_error_code(e.raw_os_error()),
-            format!(
-                "could not read the extents of \"{}\": {}",
-                path.display(),
-                errno_text(&e)
-            ),
-        )
-    };
     let (mut files, mut database_bytes) = (0u64, 0u64);
     for dir in &dirs {
         let u = usage(dir).unwrap_or_else(|e| extents_error(dir, e));
@@ -366,6 +346,18 @@ fn cluster_size() -> TableIterator<
         database_bytes as i64,
         disk_bytes as i64,
     )))
+}
+
+/// The ERROR of branch_size() and cluster_size() when FIEMAP fails.
+fn extents_error(path: &std::path::Path, e: std::io::Error) -> ! {
+    error::error(
+        error::file_error_code(e.raw_os_error()),
+        format!(
+            "could not read the extents of \"{}\": {}",
+            path.display(),
+            errno_text(&e)
+        ),
+    )
 }
 
 /// Check the set-up: one row per check, with its status (`ok`, `info`,
