@@ -37,6 +37,26 @@ impl Check {
     }
 }
 
+/// The first column of the first row of a read-only query, if any.
+///
+/// Not pgrx's `Spi::get_one()`, which runs its query as an update and so
+/// assigns the transaction an XID: on a standby that fails ("cannot assign
+/// TransactionIds during recovery"), and on a primary it spends an XID on
+/// a check that writes nothing.
+fn select_one<T: pgrx::IntoDatum + pgrx::FromDatum>(
+    query: &str,
+    args: &[pgrx::datum::DatumWithOid],
+) -> Option<T> {
+    pgrx::Spi::connect(|c| {
+        c.select(query, Some(1), args)
+            .ok()?
+            .first()
+            .get_one::<T>()
+            .ok()
+            .flatten()
+    })
+}
+
 pub fn run() -> Vec<Check> {
     let mut out = vec![preload(), enabled()];
     out.extend(catalog::tablespaces().into_iter().map(tablespace));
@@ -487,10 +507,8 @@ fn wal_record() -> Check {
             format!("{record}; wal_level is minimal: no standbys"),
         );
     }
-    let standbys: i64 = Spi::get_one("SELECT count(*) FROM pg_catalog.pg_stat_replication")
-        .ok()
-        .flatten()
-        .unwrap_or(0);
+    let standbys: i64 =
+        select_one("SELECT count(*) FROM pg_catalog.pg_stat_replication", &[]).unwrap_or(0);
     let senders = ffi::setting("max_wal_senders");
     match record {
         "pg_branch" => check(

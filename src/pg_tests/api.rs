@@ -94,6 +94,22 @@ mod tests {
         }
     }
 
+    /// doctor() only reads: it assigns its transaction no XID (pgrx's
+    /// `Spi::get_one()` did, so doctor() failed on every standby).
+    #[pg_test]
+    fn api_doctor_assigns_no_xid() {
+        // Read-only queries throughout: `one()` would assign an XID itself.
+        let assigned = |sql: &str| {
+            Spi::connect(|c| c.select(sql, None, &[])?.first().get_one::<bool>())
+                .unwrap()
+                .unwrap()
+        };
+        let xid = "SELECT pg_current_xact_id_if_assigned() IS NOT NULL";
+        assert!(!assigned(xid), "the test's own transaction has an XID");
+        assert!(assigned("SELECT count(*) > 0 FROM pgbranch.doctor()"));
+        assert!(!assigned(xid), "doctor() assigned an XID");
+    }
+
     /// doctor() says so when a session turns branching off.
     #[pg_test]
     fn api_doctor_warns_when_disabled() {
