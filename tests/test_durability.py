@@ -13,7 +13,8 @@ import time
 import psycopg
 import pytest
 
-from harness import LIBRARY, PG_BIN, Cluster, Gdb, amcheck, as_postgres, exclusive_bytes, is_subvolume, mount, oracle, wait_for
+from harness import (LIBRARY, PG_BIN, Cluster, Gdb, amcheck, as_postgres, exclusive_bytes, is_subvolume, make_standby, mount, oracle,
+                     wait_archived, wait_for, wait_replayed)
 
 
 def pgbench_init(cluster, db, scale=1):
@@ -26,40 +27,6 @@ def pgbench_load(cluster, db, seconds):
     # -n: no VACUUM and no TRUNCATE of pgbench_history before the run, which
     # would break the oracle's sum(delta) = sum(abalance) on a second run.
     return cluster.pgbench("-n", "-c", "4", "-j", "2", "-T", seconds, db, background=True)
-
-
-def wait_replayed(primary, standby, timeout=120):
-    # The flush position, not the insert position: after a record that ends
-    # at a page boundary the insert position is past the next page header,
-    # where replay never gets until another record comes.
-    lsn = primary.one("SELECT pg_current_wal_flush_lsn()")
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if standby.one("SELECT pg_last_wal_replay_lsn() >= %s::pg_lsn", params=(lsn,)):
-            return
-        time.sleep(0.1)
-    raise AssertionError("standby did not catch up")
-
-
-def wait_archived(primary):
-    """Switch to a new WAL segment and wait until the archiver has copied
-    the one just finished."""
-    segment = primary.one("SELECT pg_walfile_name(pg_switch_wal())")
-    assert wait_for(lambda: primary.one("SELECT coalesce(last_archived_wal >= %s, false) FROM pg_stat_archiver",
-                                        params=(segment,)), 60), "the archiver did not copy " + segment
-
-
-def make_standby(primary, root, port, preload=True):
-    standby = Cluster(root, port, preload=preload).fresh()
-    as_postgres(PG_BIN / "pg_basebackup", "-D", standby.data, "-R", "-X", "stream", "-c", "fast",
-                "-h", primary.sock, "-p", primary.port, "-U", "postgres")
-    with open(standby.data / "postgresql.conf", "a") as f:
-        # archive_mode off: a promoted standby must not archive its new
-        # timeline into the primary's archive.
-        f.write(f"port = {standby.port}\nunix_socket_directories = '{standby.sock}'\nhot_standby = on\narchive_mode = off\n")
-        if not preload:
-            f.write("shared_preload_libraries = ''\n")
-    return standby.start()
 
 
 @pytest.fixture(scope="module")
