@@ -1,8 +1,9 @@
 -- The hand-written part of the SQL API (src/api.rs defines the functions).
 -- Who may call what: every function that shows paths or changes the
 -- server is the superuser's; last_branch(), which shows a session only its
--- own last statement, is everyone's, and so is the schema (which holds
--- nothing else a role could use without a grant).
+-- own last statement, is everyone's, and so are set_expiry() and
+-- clear_expiry(), which check ownership of the branch, and the schema
+-- (which holds nothing else a role could use without a grant).
 GRANT USAGE ON SCHEMA @extschema@ TO PUBLIC;
 REVOKE ALL ON FUNCTION database_storage() FROM PUBLIC;
 REVOKE ALL ON FUNCTION orphans() FROM PUBLIC;
@@ -37,3 +38,7 @@ COMMENT ON FUNCTION doctor() IS
   'Check the set-up: one row per check, with what to do about it';
 COMMENT ON FUNCTION wal_needs_pg_branch() IS
   'Who would still need pg_branch to replay this server''s WAL';
+COMMENT ON FUNCTION set_expiry(text, interval) IS
+  'Make a branch expire after an interval from now (the expiry worker drops it then)';
+COMMENT ON FUNCTION clear_expiry(text) IS
+  'Make a branch never expire';

@@ -7,6 +7,7 @@ use crate::convert;
 use crate::doctor;
 use crate::error;
 use crate::ffi;
+use crate::registry;
 use crate::stats;
 use crate::wal;
 use pg_branch_storage::{errno_text, fs_name, is_subvolume, referenced_bytes, usage};
@@ -89,6 +90,7 @@ fn last_branch() -> TableIterator<
         name!(fence_up_at, Option<TimestampWithTimeZone>),
         name!(fence_down_at, Option<TimestampWithTimeZone>),
         name!(clone_ms, f64),
+        name!(record_ms, f64),
         name!(wal_logged_pages, i64),
         name!(wal_log_ms, f64),
         name!(checkpoint_ms, f64),
@@ -107,6 +109,7 @@ fn last_branch() -> TableIterator<
             TimestampWithTimeZone::try_from(s.fence_up_at).ok(),
             TimestampWithTimeZone::try_from(s.fence_down_at).ok(),
             s.clone_ms,
+            s.record_ms,
             s.wal_logged_pages,
             s.wal_log_ms,
             s.checkpoint_ms,
@@ -438,6 +441,42 @@ SELECT 'base backups and archived WAL', CASE WHEN w.last IS NULL THEN NULL ELSE 
     TableIterator::new(rows)
 }
 
+/// Make branch `branch` expire `expires_in` from now: the expiry worker
+/// drops it then. Returns the moment. Needs ownership of the branch, as
+/// dropping it would. Transactional: a rollback keeps the old expiry.
+#[pg_extern(volatile, strict)]
+fn set_expiry(branch: &str, expires_in: Interval) -> TimestampWithTimeZone {
+    ffi::prevent_if_read_only("set_expiry()");
+    let db = registry::lock_for_update(branch);
+    registry::check_owner(db, branch);
+    // SAFETY: core's `timestamptz + interval` on the transaction's start,
+    // which is now(); both arguments are valid datums of their types.
+    let at: TimestampWithTimeZone = unsafe {
+        pgrx::direct_function_call(
+            pg_sys::timestamptz_pl_interval,
+            &[
+                // SAFETY: reads this transaction's start time.
+                TimestampWithTimeZone::try_from(pg_sys::GetCurrentTransactionStartTimestamp())
+                    .ok()
+                    .into_datum(),
+                expires_in.into_datum(),
+            ],
+        )
+    }
+    .expect("timestamptz + interval is never NULL");
+    registry::set_expiry(db, branch, Some(at.into_inner()));
+    at
+}
+
+/// Make branch `branch` never expire. Needs ownership of the branch.
+#[pg_extern(volatile, strict)]
+fn clear_expiry(branch: &str) {
+    ffi::prevent_if_read_only("clear_expiry()");
+    let db = registry::lock_for_update(branch);
+    registry::check_owner(db, branch);
+    registry::set_expiry(db, branch, None);
+}
+
 fn require_superuser(what: &str) {
     // SAFETY: reads the current user's superuser flag.
     if !unsafe { pg_sys::superuser() } {
@@ -484,6 +523,10 @@ extension_sql_file!(
         convert_to_subvolume,
         convert_all_to_subvolumes,
         doctor,
-        wal_needs_pg_branch
+        wal_needs_pg_branch,
+        set_expiry,
+        clear_expiry
     ]
 );
+
+extension_sql_file!("../sql/branches.sql", name = "branches");

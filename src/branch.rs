@@ -20,7 +20,9 @@
 //!     change and nothing uncommitted.
 //!  7. Clone each directory (snapshot or reflink).
 //!  8. WAL-log each clone (wal.rs), so redo rebuilds it.
-//!  9. Lower the fence: the template's writers resume.
+//!  9. Lower the fence: the template's writers resume; record the branch
+//!     in the registry (registry.rs: a pg_shseclabel row, RowExclusiveLock
+//!     to commit, which commits or aborts with the pg_database row).
 //! 10. Wait until a checkpoint has started after the records (or for a
 //!     whole checkpoint: core's record, or a reused OID), so that the
 //!     branch's first changes carry full-page images.
@@ -44,8 +46,10 @@ use crate::compat;
 use crate::error::{error, file_error_code, Report};
 use crate::fence::Fence;
 use crate::ffi;
+use crate::gucs;
 use crate::locale;
 use crate::options::CreatedbOptions;
+use crate::registry;
 use crate::stats::{self, ms, BranchStats};
 use crate::wal;
 use pg_branch_storage::{clone_dir, errno_text, presync, probe, Method, Unsupported};
@@ -453,6 +457,20 @@ pub unsafe fn createdb(
         for (dst, record) in &logged {
             wal::mark_built(dst, record);
         }
+
+        // Record the branch in the registry (registry.rs): a row of the
+        // shared catalog pg_shseclabel, written in this transaction, so it
+        // commits with the pg_database row or not at all.
+        let record_started = Instant::now();
+        registry::record_branch(&registry::NewBranch {
+            db: dboid,
+            parent: template.oid,
+            parent_name: &template_name,
+            method: &stats.method,
+            lsn: logged.first().map_or(last_lsn, |(_, r)| r.start),
+            expires_after: gucs::default_expiry(),
+        });
+        stats.record_ms = ms(record_started.elapsed());
 
         // A base backup that ran while we logged may hold the template as
         // it was at another moment than the branch's, and its replay would

@@ -6,9 +6,11 @@ use crate::branch::{self, Plan};
 use crate::catalog;
 use crate::cleanup;
 use crate::compat;
+use crate::expiry;
 use crate::fence::LockTable;
 use crate::ffi;
 use crate::gucs;
+use crate::registry;
 use pg_branch_storage::{can_reflink_in, fs_name, is_nocow, mount_options, Method, CONVERT_SUFFIX};
 use pgrx::pg_sys::{self, Oid};
 use pgrx::prelude::*;
@@ -70,6 +72,102 @@ pub fn run() -> Vec<Check> {
     let orphans = cleanup::orphans(cleanup::Purpose::List);
     out.extend(interrupted_conversions(&orphans));
     out.push(orphans_check(orphans));
+    out.extend(registry_checks());
+    out.push(expiry_worker());
+    out
+}
+
+/// Whether the expiry worker (expiry.rs) runs, and how often it looks.
+fn expiry_worker() -> Check {
+    let what = "expiry worker";
+    // SAFETY: reads a flag of shared memory.
+    if unsafe { pg_sys::RecoveryInProgress() } {
+        return check(
+            what,
+            "info",
+            "a standby: the worker runs only on a primary (and after promotion)",
+        );
+    }
+    let pid: Option<i32> = select_one(
+        "SELECT pid FROM pg_catalog.pg_stat_activity WHERE backend_type = $1",
+        &[expiry::WORKER_TYPE.into()],
+    );
+    let interval = gucs::EXPIRY_INTERVAL.get();
+    match (pid, interval) {
+        (None, _) => check(what, "warning", "not running").hint(
+            "It is restarted 5 s after it stops; the server log says why it stopped.",
+        ),
+        (Some(pid), 0) => check(
+            what,
+            "info",
+            format!("off (pid {pid} waits): pg_branch.expiry_interval is 0, so expired branches are kept"),
+        )
+        .hint("ALTER SYSTEM SET pg_branch.expiry_interval = '1min'; SELECT pg_reload_conf();"),
+        (Some(pid), s) => check(
+            what,
+            "ok",
+            format!("running (pid {pid}), looking for expired branches every {s} s"),
+        ),
+    }
+}
+
+/// The registry (registry.rs): a record without its database, or one
+/// pg_branch cannot read, should be impossible (core's DROP DATABASE
+/// deletes the record, and only pg_branch writes one), so each is an error;
+/// a branch past its expiry is a warning until the expiry worker drops it.
+fn registry_checks() -> Vec<Check> {
+    let stored = registry::stored();
+    let mut out = Vec::new();
+    let mut branches = 0;
+    for s in &stored {
+        let Some(name) = &s.name else {
+            out.push(
+                check(
+                    "registry",
+                    "error",
+                    format!(
+                        "a record for database OID {}, which does not exist: {}",
+                        s.db.to_u32(),
+                        s.label
+                    ),
+                )
+                .hint(
+                    "DROP DATABASE deletes a branch's record; something else removed the database. \
+                     DELETE FROM pg_shseclabel WHERE provider = 'pg_branch' AND objoid = <OID>.",
+                ),
+            );
+            continue;
+        };
+        if !registry::is_record(&s.label) {
+            out.push(check(
+                "registry",
+                "error",
+                format!(
+                    "the record of database \"{name}\" is not pg_branch's: {}",
+                    s.label
+                ),
+            ));
+            continue;
+        }
+        branches += 1;
+        if let Some(at) = &s.expired_at {
+            out.push(
+                check(
+                    format!("expiry of {name}"),
+                    "warning",
+                    format!("branch \"{name}\" expired at {at} and still exists"),
+                )
+                .hint("DROP DATABASE it, or pgbranch.clear_expiry() to keep it."),
+            );
+        }
+    }
+    if out.is_empty() {
+        out.push(check(
+            "registry",
+            "ok",
+            format!("{branches} branches recorded, each with its database"),
+        ));
+    }
     out
 }
 

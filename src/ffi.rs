@@ -194,6 +194,16 @@ pub fn prevent_unless_writable_top_level(what: &str) {
     }
 }
 
+/// Core's refusals for a command that writes the catalogs, as for a
+/// transactional one (COMMENT, SECURITY LABEL): not in a read-only
+/// transaction, and so not on a standby.
+pub fn prevent_if_read_only(what: &str) {
+    let what = CString::new(what).expect("no NUL");
+    // SAFETY: raises ERROR (longjmp, caught by pgrx's guard) or returns;
+    // `what` outlives the call.
+    unsafe { pg_sys::PreventCommandIfReadOnly(what.as_ptr()) };
+}
+
 /// The current value of setting `name`, as SHOW prints it ("" if unknown).
 pub fn setting(name: &str) -> String {
     let name = CString::new(name).expect("no NUL");

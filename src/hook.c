@@ -1,9 +1,9 @@
 /*
  * pg_branch's ProcessUtility hook entry point, in C.
  *
- * Every utility statement of every session passes through here. The only
- * statement pg_branch may take over is CREATE DATABASE; everything else
- * goes straight to the previous hook or to standard_ProcessUtility(),
+ * Every utility statement of every session passes through here. pg_branch
+ * may take over CREATE DATABASE, and skips SECURITY LABEL FOR pg_branch
+ * (below); everything else goes straight to the previous hook or to standard_ProcessUtility(),
  * from this C frame, with exactly the arguments we received.
  *
  * Why C: a Rust hook (pgrx's #[pg_guard]) calls core through pgrx's FFI
@@ -25,6 +25,13 @@
  * core allocated or acquired belongs to core's memory contexts and resource
  * owners, which transaction abort cleans up as it does without pg_branch.
  * No Rust frame is on the stack of a pass-through statement.
+ *
+ * SECURITY LABEL FOR pg_branch: skipped with a NOTICE, here in C. pg_branch's
+ * registry is the label of that provider on each branch (src/registry.rs),
+ * and only the CREATE DATABASE that makes a branch writes it. The statement
+ * comes from a restored pg_dumpall, whose databases are logical copies and
+ * not branches of anything, so skipping it keeps the restore going without
+ * giving it a false parent.
  *
  * CREATE DATABASE: pg_branch_createdb() (Rust, src/hook.rs) decides whether
  * the statement is a branch and, if so, makes it. Rust never lets an ERROR
@@ -195,12 +202,30 @@ branch_createdb(PlannedStmt *pstmt, const char *queryString,
 	return handled;
 }
 
+/* Whether a SECURITY LABEL statement names pg_branch's provider. */
+static bool
+is_registry_label(SecLabelStmt *stmt)
+{
+	return stmt->provider != NULL && strcmp(stmt->provider, "pg_branch") == 0;
+}
+
 static void
 pg_branch_ProcessUtility(PlannedStmt *pstmt, const char *queryString,
 						 bool readOnlyTree, ProcessUtilityContext context,
 						 ParamListInfo params, QueryEnvironment *queryEnv,
 						 DestReceiver *dest, QueryCompletion *qc)
 {
+	if (IsA(pstmt->utilityStmt, SecLabelStmt) &&
+		is_registry_label((SecLabelStmt *) pstmt->utilityStmt))
+	{
+		ereport(NOTICE,
+				(errmsg("skipping security label of provider \"pg_branch\""),
+				 errdetail("pg_branch records a branch when CREATE DATABASE makes it; "
+						   "a label given by SQL, as a restored dump gives it, "
+						   "is not such a record.")));
+		return;
+	}
+
 	if (IsA(pstmt->utilityStmt, CreatedbStmt) &&
 		branch_createdb(pstmt, queryString, context, queryEnv))
 		return;

@@ -1,6 +1,7 @@
 //! The ProcessUtility hook: a `CREATE DATABASE` that decide.rs makes a
-//! branch goes to `branch::createdb`; everything else is handed on
-//! untouched.
+//! branch goes to `branch::createdb`; a `SECURITY LABEL FOR pg_branch` is
+//! skipped (hook.c: only pg_branch writes its registry); everything else is
+//! handed on untouched.
 //!
 //! It nests like any well-behaved hook: the previous hook (another
 //! extension's, or none) is saved at load time and receives every

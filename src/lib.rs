@@ -28,12 +28,14 @@ mod convert;
 mod decide;
 mod doctor;
 mod error;
+mod expiry;
 mod fence;
 mod ffi;
 mod gucs;
 mod hook;
 mod locale;
 mod options;
+mod registry;
 mod stats;
 mod wal;
 
@@ -58,6 +60,7 @@ pub extern "C-unwind" fn _PG_init() {
     wal::install_record_tracking();
     wal::install_drop_tracking();
     hook::install();
+    expiry::register();
 }
 
 /// Replace pgrx's panic hook (installed by `Pg_magic_func`, just before

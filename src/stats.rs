@@ -28,6 +28,8 @@ pub struct BranchStats {
     pub fence_up_at: pg_sys::TimestampTz,
     pub fence_down_at: pg_sys::TimestampTz,
     pub clone_ms: f64,
+    /// Writing the branch's registry record (registry.rs).
+    pub record_ms: f64,
     /// Pages written into WAL because a base backup ran (backup.rs), and
     /// the time that took.
     pub wal_logged_pages: i64,

@@ -173,6 +173,9 @@ pub fn core_record() -> bool {
 
 /// A branch record just written.
 pub struct Logged {
+    /// Where it begins: the branch's place in WAL, which the registry
+    /// keeps (registry.rs).
+    pub start: pg_sys::XLogRecPtr,
     /// Its end, to wait and flush for.
     pub end: pg_sys::XLogRecPtr,
     /// What redo would mark the directory with (`None`: core's record,
@@ -251,14 +254,19 @@ pub fn log_create(dst_db: Oid, dst_ts: Oid, src_db: Oid, src_ts: Oid, method: Me
         pg_sys::XLogRegisterData((&mut rec as *mut BranchRecord).cast(), len as _);
         pg_sys::XLogInsert(rmid, info | flags)
     };
-    if rmid != RMGR_ID {
-        return Logged { end, mark: None };
-    }
-    note_record(end);
     // SAFETY: reads where this backend's last record began, and the
     // timeline it was inserted on.
     let (start, tli) = unsafe { (pg_sys::ProcLastRecPtr, pg_sys::GetWALInsertionTimeLine()) };
+    if rmid != RMGR_ID {
+        return Logged {
+            start,
+            end,
+            mark: None,
+        };
+    }
+    note_record(end);
     Logged {
+        start,
         end,
         mark: Some(record_mark_text(tli, start)),
     }

@@ -1,9 +1,9 @@
-"""ALTER EXTENSION pg_branch UPDATE: an installation upgraded from 0.1.0 is
-the same as a fresh one of the current version.
+"""ALTER EXTENSION pg_branch UPDATE: an installation upgraded from any
+earlier version is the same as a fresh one of the current version.
 
-0.1.0's install script is a fixture (tests/upgrade/): packages ship only the
-current version's script and the upgrade scripts in sql/, so the test puts
-it beside them for the duration of the test.
+The earlier versions' install scripts are fixtures (tests/upgrade/):
+packages ship only the current version's script and the upgrade scripts in
+sql/, so the test puts them beside those for the duration of the test.
 """
 
 import shutil
@@ -14,8 +14,9 @@ import pytest
 
 from harness import PG_BIN, as_postgres
 
-FIXTURE = Path(__file__).parent / "upgrade" / "pg_branch--0.1.0.sql"
-CURRENT = "0.2.0"
+FIXTURES = sorted((Path(__file__).parent / "upgrade").glob("pg_branch--*.sql"))
+OLD = [f.stem.split("--")[1] for f in FIXTURES]
+CURRENT = "0.3.0"
 
 # Everything that makes up a function of the extension: its signature, its
 # labels, who may call it, its comment and what it calls.
@@ -30,6 +31,14 @@ SELECT p.proname, pg_get_function_identity_arguments(p.oid), pg_get_function_res
  ORDER BY 1, 2
 """
 
+# The extension's views: definition, privileges, comment.
+VIEWS = """
+SELECT c.relname, pg_get_viewdef(c.oid), c.relacl::text, obj_description(c.oid, 'pg_class')
+  FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+ WHERE n.nspname = 'pgbranch' AND c.relkind = 'v'
+ ORDER BY 1
+"""
+
 # The extension's schema: who may use it.
 SCHEMA = "SELECT nspname, nspacl::text FROM pg_namespace WHERE nspname = 'pgbranch'"
 
@@ -38,10 +47,16 @@ SCHEMA = "SELECT nspname, nspacl::text FROM pg_namespace WHERE nspname = 'pgbran
 def old_script():
     sharedir = subprocess.run([PG_BIN / "pg_config", "--sharedir"], check=True,
                               capture_output=True, text=True).stdout.strip()
-    target = Path(sharedir) / "extension" / FIXTURE.name
-    shutil.copyfile(FIXTURE, target)
+    targets = [Path(sharedir) / "extension" / f.name for f in FIXTURES]
+    for fixture, target in zip(FIXTURES, targets):
+        shutil.copyfile(fixture, target)
     yield
-    target.unlink()
+    for target in targets:
+        target.unlink()
+
+
+def test_every_old_version_has_a_fixture():
+    assert OLD == ["0.1.0", "0.2.0"]
 
 
 def describe(cluster, db):
@@ -50,12 +65,13 @@ def describe(cluster, db):
                        "-c", r"\dx+ pg_branch").stdout
 
 
-def test_update_from_0_1_0_equals_a_fresh_install(branch, old_script):
+@pytest.mark.parametrize("old", OLD)
+def test_update_equals_a_fresh_install(branch, old_script, old):
     for db in ("upgrade_old", "upgrade_new"):
         branch.sql(f"DROP DATABASE IF EXISTS {db}")
         branch.sql(f"CREATE DATABASE {db}")
     branch.sql("CREATE EXTENSION pg_branch", dbname="upgrade_new")
-    branch.sql("CREATE EXTENSION pg_branch VERSION '0.1.0'", dbname="upgrade_old")
+    branch.sql(f"CREATE EXTENSION pg_branch VERSION '{old}'", dbname="upgrade_old")
     fresh = branch.sql(FUNCTIONS, dbname="upgrade_new")
     # The comparison sees the difference the upgrade has to make.
     assert branch.sql(FUNCTIONS, dbname="upgrade_old") != fresh
@@ -69,12 +85,15 @@ def test_update_from_0_1_0_equals_a_fresh_install(branch, old_script):
     assert branch.sql(SCHEMA, dbname="upgrade_old") == branch.sql(SCHEMA, dbname="upgrade_new")
     assert describe(branch, "upgrade_old") == describe(branch, "upgrade_new")
     assert "function pgbranch.doctor()" in describe(branch, "upgrade_new")
+    assert "view pgbranch.branches" in describe(branch, "upgrade_new")
+    assert branch.sql(VIEWS, dbname="upgrade_old") == branch.sql(VIEWS, dbname="upgrade_new")
     for db in ("upgrade_old", "upgrade_new"):
         branch.sql(f"DROP DATABASE {db}")
 
 
-def test_upgrade_path_is_known(branch, old_script):
-    """PostgreSQL finds the path 0.1.0 -> current from the installed scripts."""
-    path = branch.one("SELECT path FROM pg_extension_update_paths('pg_branch') "
-                      f"WHERE source = '0.1.0' AND target = '{CURRENT}'")
-    assert path == f"0.1.0--{CURRENT}"
+def test_upgrade_paths_are_known(branch, old_script):
+    """PostgreSQL finds the path from every earlier version to the current
+    one from the installed scripts."""
+    paths = dict(branch.sql("SELECT source, path FROM pg_extension_update_paths('pg_branch') "
+                            f"WHERE target = '{CURRENT}' AND path IS NOT NULL"))
+    assert paths == {"0.1.0": f"0.1.0--0.2.0--{CURRENT}", "0.2.0": f"0.2.0--{CURRENT}"}

@@ -24,14 +24,15 @@ mod tests {
         );
         assert_eq!(
             labels,
-            "branch_size:vu cluster_size:vu convert_all_to_subvolumes:vu \
+            "branch_size:vu clear_expiry:vu cluster_size:vu convert_all_to_subvolumes:vu \
              convert_to_subvolume:vu database_storage:vr doctor:vu last_branch:vr orphans:vu \
-             remove_orphans:vu wal_needs_pg_branch:vu"
+             remove_orphans:vu set_expiry:vu wal_needs_pg_branch:vu"
         );
     }
 
-    /// Only `last_branch()`, which shows a session its own statement,
-    /// is executable by PUBLIC; the rest show paths or change the server.
+    /// Executable by PUBLIC: `last_branch()`, which shows a session its own
+    /// statement, and the expiry functions, which check ownership of the
+    /// branch themselves; the rest show paths or change the server.
     #[pg_test]
     fn api_privileges() {
         Spi::run("CREATE ROLE branch_api_nobody").unwrap();
@@ -40,11 +41,24 @@ mod tests {
               WHERE pronamespace = 'pgbranch'::regnamespace
                 AND has_function_privilege('branch_api_nobody', oid, 'EXECUTE')",
         );
-        assert_eq!(executable, "last_branch");
+        assert_eq!(executable, "clear_expiry last_branch set_expiry");
         // Reading extent maps is for those who may read server files.
         let readers: bool = one("SELECT has_function_privilege('pg_read_server_files',
                                            'pgbranch.branch_size(text)', 'EXECUTE')");
         assert!(readers);
+    }
+
+    /// The registry is readable wherever pg_database is: by any role.
+    #[pg_test]
+    fn api_branches_view_is_everyones() {
+        Spi::run("CREATE ROLE branch_api_reader").unwrap();
+        let readable: bool =
+            one("SELECT has_table_privilege('branch_api_reader', 'pgbranch.branches', 'SELECT')");
+        assert!(readable);
+        Spi::run("SET ROLE branch_api_reader").unwrap();
+        let roots: i64 =
+            one("SELECT count(*) FROM pgbranch.branches WHERE name = 'postgres' AND depth = 0");
+        assert_eq!(roots, 1);
     }
 
     /// A role with no grant of its own reads its last branch (0.1.0 refused
@@ -86,6 +100,7 @@ mod tests {
             "shared_preload_libraries",
             "pg_branch.enabled",
             "orphaned directories",
+            "registry",
         ] {
             let status: String = one(&format!(
                 "SELECT status FROM pgbranch.doctor() WHERE item = '{item}'"
@@ -106,8 +121,9 @@ mod tests {
         };
         let xid = "SELECT pg_current_xact_id_if_assigned() IS NOT NULL";
         assert!(!assigned(xid), "the test's own transaction has an XID");
-        assert!(assigned("SELECT count(*) > 0 FROM pgbranch.doctor()"));
-        assert!(!assigned(xid), "doctor() assigned an XID");
+        assert!(!assigned(&format!(
+            "SELECT count(*) >= 0 AND ({xid}) FROM pgbranch.doctor()"
+        )));
     }
 
     /// doctor() says so when a session turns branching off.
