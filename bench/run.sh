@@ -10,11 +10,13 @@
 #   sudo bench/run.sh hook-overhead     100 000 SET and CREATE TEMP TABLE ... ON COMMIT DROP, stock against pg_branch
 #   sudo bench/run.sh during-backup     a branch while pg_backup_start runs (written into WAL page by page), against
 #                                       the fast path and core's WAL_LOG and FILE_COPY
+#   sudo bench/run.sh lifecycle         the registry's cost per branch (record_ms against total_ms), reading
+#                                       pgbranch.branches, set_expiry(), branch_size() and cluster_size() at 1 and 5 GB
 #   sudo bench/run.sh snapshot-latency  no server: our snapshot ioctl against the btrfsutil crate, 200 each,
 #                                       interleaved (bench/snapshot_latency; installs libbtrfsutil-dev)
 #
 # Settings: SCALE (pgbench scale of the template); latency: RUNS;
-# live-template: SECONDS_PER_RUN, BRANCHES; filesystems, during-backup: RUNS; hook-overhead: N, CHUNK; suite: SIZES
+# live-template: SECONDS_PER_RUN, BRANCHES; lifecycle: SIZES (default "70 350"), RUNS; filesystems, during-backup: RUNS; hook-overhead: N, CHUNK; suite: SIZES
 # (pgbench scales, default "7 70 350"), RUNS, CORE_RUNS_LARGE, BRANCHES, PARTS;
 # PG_VERSION picks the server (default 15).
 set -euo pipefail
@@ -49,7 +51,8 @@ case "${1:-}" in
         PG_BRANCH_BENCH_XFS="$(mount_xfs)"
         exec "$VENV/bin/python" "$REPO/bench/filesystems.py"
         ;;
+    lifecycle) exec "$VENV/bin/python" "$REPO/bench/lifecycle.py" ;;
     hook-overhead) exec "$VENV/bin/python" "$REPO/bench/hook_overhead.py" ;;
     during-backup) exec "$VENV/bin/python" "$REPO/bench/during_backup.py" ;;
-    *) die "usage: bench/run.sh suite|latency|live-template|filesystems|hook-overhead|during-backup|snapshot-latency" ;;
+    *) die "usage: bench/run.sh suite|latency|live-template|filesystems|lifecycle|hook-overhead|during-backup|snapshot-latency" ;;
 esac

@@ -1,0 +1,76 @@
+"""What managing branches costs: the registry record per branch, reading
+the registry, setting an expiry, and branch_size() / cluster_size().
+
+One cluster on btrfs. For each pgbench scale in SIZES (70: about 1 GB,
+350: about 5 GB) a template is loaded, then RUNS branches are made of it,
+each timed, with last_branch()'s record_ms (writing the registry record)
+and total_ms; the record's share of the branch is their ratio, measured in
+the same statements. Core's FILE_COPY is timed once per size for scale.
+Then, with those RUNS branches in place: SELECT * FROM pgbranch.branches,
+set_expiry(), branch_size() of one branch after an UPDATE of 1 % of its
+accounts, branch_size() of the template, and cluster_size().
+
+PG_BIN selects the server (bench/run.sh sets it from PG_VERSION).
+"""
+
+import os
+import statistics
+import time
+from pathlib import Path
+
+from harness import Cluster, pct
+
+SIZES = [int(s) for s in os.environ.get("SIZES", "70 350").split()]
+RUNS = int(os.environ.get("RUNS", "50"))
+
+
+def timed(c, sql, dbname="postgres"):
+    start = time.perf_counter()
+    rows = c.sql(sql, dbname=dbname)
+    return (time.perf_counter() - start) * 1000, rows
+
+
+def main():
+    root = Path(os.environ["PG_BRANCH_BENCH_DIR"]) / "lifecycle"
+    c = Cluster(root, 5460, extra_conf="max_wal_size = 8GB\ncheckpoint_timeout = 1h\n").init().start()
+    try:
+        c.sql("CREATE EXTENSION pg_branch")
+        print(f"{'scale':>5} {'GB':>5} | {'branch p50':>10} {'p99':>7} {'record p50':>10} {'p99':>6} {'share':>6} | "
+              f"{'core FILE_COPY':>14} | {'branches':>8} {'set_expiry':>10} | {'branch_size':>11} "
+              f"{'of template':>11} {'cluster_size':>12}  (ms)")
+        for scale in SIZES:
+            c.sql("DROP DATABASE IF EXISTS tpl")
+            c.sql("CREATE DATABASE tpl")
+            c.pgbench("-q", "-i", "-s", scale, "tpl")
+            c.sql("CHECKPOINT")
+            gb = c.one("SELECT pg_database_size('tpl')") / 1e9
+            totals, records = [], []
+            with c.connect() as conn:
+                for i in range(RUNS):
+                    conn.execute(f"CREATE DATABASE lc_{i} TEMPLATE tpl")
+                    total, record = conn.execute("SELECT total_ms, record_ms FROM pgbranch.last_branch()").fetchone()
+                    totals.append(total)
+                    records.append(record)
+            share = statistics.median(r / t for r, t in zip(records, totals))
+            core_ms, _ = timed(c, "CREATE DATABASE lc_core TEMPLATE tpl STRATEGY FILE_COPY")
+            c.sql("DROP DATABASE lc_core")
+            view_ms, rows = timed(c, "SELECT * FROM pgbranch.branches")
+            assert len(rows) >= RUNS
+            expiry_ms, _ = timed(c, "SELECT pgbranch.set_expiry('lc_0', '1 day')")
+            c.sql("UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid % 100 = 0", dbname="lc_0")
+            c.sql("CHECKPOINT")
+            size_ms, _ = timed(c, "SELECT * FROM pgbranch.branch_size('lc_0')")
+            tpl_ms, _ = timed(c, "SELECT * FROM pgbranch.branch_size('tpl')")
+            cluster_ms, _ = timed(c, "SELECT * FROM pgbranch.cluster_size()")
+            print(f"{scale:>5} {gb:>5.2f} | {statistics.median(totals):>10.1f} {pct(totals, 99):>7.1f} "
+                  f"{statistics.median(records):>10.3f} {pct(records, 99):>6.3f} {share:>6.1%} | {core_ms:>14.0f} | "
+                  f"{view_ms:>8.1f} {expiry_ms:>10.1f} | {size_ms:>11.0f} {tpl_ms:>11.0f} {cluster_ms:>12.0f}",
+                  flush=True)
+            for i in range(RUNS):
+                c.sql(f"DROP DATABASE lc_{i}")
+    finally:
+        c.stop(check=False)
+
+
+if __name__ == "__main__":
+    main()
