@@ -633,9 +633,17 @@ def test_pg_rewind_brings_back_an_old_primary_across_branches():
         shutil.chown(p.data / "standby.signal", "postgres", "postgres")
         with open(p.data / "postgresql.conf", "a") as f:
             # pg_rewind copied the new primary's configuration: its own
-            # port and socket again, and follow the new primary.
-            f.write(f"port = {p.port}\nunix_socket_directories = '{p.sock}'\n"
-                    f"primary_conninfo = 'host={s.sock} port={s.port} user=postgres'\narchive_mode = off\n")
+            # port and socket again.
+            f.write(f"port = {p.port}\nunix_socket_directories = '{p.sock}'\narchive_mode = off\n")
+        with open(p.data / "postgresql.auto.conf", "a") as f:
+            # And follow the new primary. Its postgresql.auto.conf, copied
+            # too, still has the primary_conninfo pg_basebackup -R wrote
+            # when it was a standby: the old primary's own socket, which
+            # overrides postgresql.conf. The old primary then streamed from
+            # itself, and started only if pg_rewind had copied all the WAL
+            # up to its minimum recovery point (not when the new primary
+            # wrote a record meanwhile, e.g. a running-xacts snapshot).
+            f.write(f"primary_conninfo = 'host={s.sock} port={s.port} user=postgres'\n")
         # A standby accepts connections once it is consistent: here after
         # replaying, from the last common checkpoint, what the new primary
         # streams to it. It once took over a minute on a loaded machine;
