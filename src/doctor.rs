@@ -4,8 +4,8 @@
 
 use crate::branch::{self, Plan};
 use crate::catalog;
+use crate::catalog_pages::{self, Visibility};
 use crate::cleanup;
-use crate::compat;
 use crate::expiry;
 use crate::fence::LockTable;
 use crate::ffi;
@@ -13,7 +13,6 @@ use crate::gucs;
 use crate::registry;
 use pg_branch_storage::{can_reflink_in, fs_name, is_nocow, mount_options, Method, CONVERT_SUFFIX};
 use pgrx::pg_sys::{self, Oid};
-use pgrx::prelude::*;
 use std::ffi::CString;
 
 pub struct Check {
@@ -357,117 +356,15 @@ fn is_invalid(db: Oid) -> bool {
 /// and temporary tables, as the fence counts them. The caller holds a lock
 /// on the database that keeps DROP and SET TABLESPACE out.
 ///
-/// Nothing here may dirty a buffer of another database: each page is copied
-/// under its share lock and the tuples are judged on the copy, from their
-/// hint bits where set and from the commit log otherwise, without setting
-/// any (HeapTupleSatisfiesVisibility would set them on the shared page and
-/// mark it dirty). Without the fence's lock on that `pg_class`, concurrent
-/// DDL may make the count slightly off, which a diagnosis can afford.
+/// Nothing here may dirty a buffer of another database, so the scan is
+/// catalog_pages' read-only one. Without the fence's lock on that
+/// `pg_class`, concurrent DDL may make the count slightly off, which a
+/// diagnosis can afford.
 fn relation_count(db: Oid, tablespace: Oid) -> usize {
-    let mut count = 0;
-    let mut copy = vec![0u64; pg_sys::BLCKSZ as usize / 8];
-    // SAFETY: as core's ScanSourceDatabasePgClass, without a snapshot: each
-    // buffer is pinned and share-locked only while it is copied, and
-    // released at once; the tuples are read from our aligned copy.
-    unsafe {
-        let dbpath = pg_sys::GetDatabasePath(db, tablespace);
-        let relfilenode = ffi::relation_map_filenode(dbpath, pg_sys::RelationRelationId);
-        let rnode = compat::file_locator(tablespace, db, relfilenode);
-        let smgr = compat::smgropen_shared(rnode);
-        let nblocks = pg_sys::smgrnblocks(smgr, pg_sys::ForkNumber::MAIN_FORKNUM);
-        pg_sys::smgrclose(smgr);
-        let strategy = pg_sys::GetAccessStrategy(pg_sys::BufferAccessStrategyType::BAS_BULKREAD);
-        for blkno in 0..nblocks {
-            check_for_interrupts!();
-            let buf = pg_sys::ReadBufferWithoutRelcache(
-                rnode,
-                pg_sys::ForkNumber::MAIN_FORKNUM,
-                blkno,
-                pg_sys::ReadBufferMode::RBM_NORMAL,
-                strategy,
-                true,
-            );
-            pg_sys::LockBuffer(buf, pg_sys::BUFFER_LOCK_SHARE as _);
-            std::ptr::copy_nonoverlapping(
-                pg_sys::BufferGetPage(buf) as *const u8,
-                copy.as_mut_ptr().cast::<u8>(),
-                pg_sys::BLCKSZ as usize,
-            );
-            pg_sys::UnlockReleaseBuffer(buf);
-            let page = copy.as_mut_ptr() as pg_sys::Page;
-            if pg_sys::PageIsNew(page) || pg_sys::PageIsEmpty(page) {
-                continue;
-            }
-            for off in 1..=pg_sys::PageGetMaxOffsetNumber(page) {
-                let item = pg_sys::PageGetItemId(page, off);
-                if (*item).lp_flags() != pg_sys::LP_NORMAL {
-                    continue;
-                }
-                let header = pg_sys::PageGetItem(page, item) as pg_sys::HeapTupleHeader;
-                if !live_now(header) {
-                    continue;
-                }
-                let mut tuple: pg_sys::HeapTupleData = std::mem::zeroed();
-                tuple.t_data = header;
-                tuple.t_len = (*item).lp_len();
-                let form = &*pg_sys::heap_tuple_get_struct::<pg_sys::FormData_pg_class>(&mut tuple);
-                if !form.relisshared && form.relpersistence as u8 != pg_sys::RELPERSISTENCE_TEMP {
-                    count += 1;
-                }
-            }
-        }
-        pg_sys::FreeAccessStrategy(strategy);
-    }
-    count
-}
-
-/// Whether the tuple is inserted by a committed transaction and not
-/// deleted by one, as a snapshot taken now would see it; decided from its
-/// hint bits and the commit log, changing nothing.
-///
-/// # Safety
-/// `tup` must point to a heap tuple header of another database's catalog
-/// (so no transaction of ours wrote it), in memory we own.
-unsafe fn live_now(tup: pg_sys::HeapTupleHeader) -> bool {
-    // SAFETY: `tup` is a valid heap tuple header (the caller's promise).
-    let infomask = unsafe { (*tup).t_infomask } as u32;
-    let committed = |xid: pg_sys::TransactionId| {
-        // As HeapTupleSatisfiesMVCC: the proc array first, since a
-        // transaction is marked committed in clog before it leaves it.
-        // SAFETY: lookups of a plain XID in the proc array and the commit
-        // log, which change nothing.
-        unsafe { !pg_sys::TransactionIdIsInProgress(xid) && pg_sys::TransactionIdDidCommit(xid) }
-    };
-    let xmin_frozen = pg_sys::HEAP_XMIN_COMMITTED | pg_sys::HEAP_XMIN_INVALID;
-    if infomask & xmin_frozen == xmin_frozen || infomask & pg_sys::HEAP_XMIN_COMMITTED != 0 {
-        // committed (or frozen)
-    } else if infomask & pg_sys::HEAP_XMIN_INVALID != 0
-        // SAFETY: as above; a heap tuple's header holds its xmin.
-        || !committed(unsafe { (*tup).t_choice.t_heap.t_xmin })
-    {
-        return false;
-    }
-    if infomask & pg_sys::HEAP_XMAX_INVALID != 0 {
-        return true;
-    }
-    let lock_only = infomask & pg_sys::HEAP_XMAX_LOCK_ONLY != 0
-        || infomask & (pg_sys::HEAP_XMAX_IS_MULTI | pg_sys::HEAP_LOCK_MASK)
-            == pg_sys::HEAP_XMAX_EXCL_LOCK;
-    if lock_only {
-        return true;
-    }
-    if infomask & pg_sys::HEAP_XMAX_COMMITTED != 0 {
-        return false;
-    }
-    let xmax = if infomask & pg_sys::HEAP_XMAX_IS_MULTI != 0 {
-        // SAFETY: a valid header whose xmax is a MultiXactId, which this
-        // looks up without changing anything.
-        unsafe { pg_sys::HeapTupleGetUpdateXid(tup as _) }
-    } else {
-        // SAFETY: as above; a heap tuple's header holds its xmax.
-        unsafe { (*tup).t_choice.t_heap.t_xmax }
-    };
-    !committed(xmax)
+    catalog_pages::classes(db, tablespace, Visibility::ReadOnly)
+        .iter()
+        .filter(|c| !c.shared && c.persistence != pg_sys::RELPERSISTENCE_TEMP)
+        .count()
 }
 
 /// The writer fence takes a lock on every relation of the template, all in

@@ -49,7 +49,7 @@
 //! connected to the template, so the lock on its `pg_class` is what
 //! guarantees no in-progress pg_class writer; the snapshot is taken after it.
 
-use crate::compat;
+use crate::catalog_pages::{self, Visibility};
 use crate::error::Report;
 use crate::ffi;
 use pgrx::pg_sys::{self, Oid};
@@ -561,69 +561,16 @@ fn describe(holders: &[Holder]) -> String {
 /// and their writers must not hold a branch up). Tables come first, then
 /// TOAST tables, then indexes, the order in which writers take them.
 fn template_relations(db: Oid, tablespace: Oid) -> Vec<Relation> {
-    let mut out = Vec::new();
-    // SAFETY: as core's ScanSourceDatabasePgClass: the fence lock on the
-    // template's pg_class is held, each buffer is pinned and share-locked
-    // while its tuples are read, and everything is released here.
-    unsafe {
-        let dbpath = pg_sys::GetDatabasePath(db, tablespace);
-        let relfilenode = ffi::relation_map_filenode(dbpath, pg_sys::RelationRelationId);
-        let rnode = compat::file_locator(tablespace, db, relfilenode);
-        let smgr = compat::smgropen_shared(rnode);
-        let nblocks = pg_sys::smgrnblocks(smgr, pg_sys::ForkNumber::MAIN_FORKNUM);
-        pg_sys::smgrclose(smgr);
-        let strategy = pg_sys::GetAccessStrategy(pg_sys::BufferAccessStrategyType::BAS_BULKREAD);
-        // A snapshot taken after our lock sees every pg_class change as
-        // committed or aborted: none can be in progress.
-        let snapshot = pg_sys::RegisterSnapshot(pg_sys::GetLatestSnapshot());
-        for blkno in 0..nblocks {
-            check_for_interrupts!();
-            let buf = pg_sys::ReadBufferWithoutRelcache(
-                rnode,
-                pg_sys::ForkNumber::MAIN_FORKNUM,
-                blkno,
-                pg_sys::ReadBufferMode::RBM_NORMAL,
-                strategy,
-                true,
-            );
-            pg_sys::LockBuffer(buf, pg_sys::BUFFER_LOCK_SHARE as _);
-            let page = pg_sys::BufferGetPage(buf);
-            if !pg_sys::PageIsNew(page) && !pg_sys::PageIsEmpty(page) {
-                for off in 1..=pg_sys::PageGetMaxOffsetNumber(page) {
-                    let item = pg_sys::PageGetItemId(page, off);
-                    if (*item).lp_flags() != pg_sys::LP_NORMAL {
-                        continue;
-                    }
-                    let mut tuple: pg_sys::HeapTupleData = std::mem::zeroed();
-                    tuple.t_data = pg_sys::PageGetItem(page, item) as pg_sys::HeapTupleHeader;
-                    tuple.t_len = (*item).lp_len();
-                    tuple.t_tableOid = pg_sys::RelationRelationId;
-                    tuple.t_self.ip_blkid.bi_hi = (blkno >> 16) as u16;
-                    tuple.t_self.ip_blkid.bi_lo = (blkno & 0xffff) as u16;
-                    tuple.t_self.ip_posid = off;
-                    if !pg_sys::HeapTupleSatisfiesVisibility(&mut tuple, snapshot, buf) {
-                        continue;
-                    }
-                    let form =
-                        &*pg_sys::heap_tuple_get_struct::<pg_sys::FormData_pg_class>(&mut tuple);
-                    if form.relisshared || form.relpersistence as u8 == pg_sys::RELPERSISTENCE_TEMP
-                    {
-                        continue;
-                    }
-                    out.push(Relation {
-                        oid: form.oid,
-                        name: CStr::from_ptr(form.relname.data.as_ptr())
-                            .to_string_lossy()
-                            .into_owned(),
-                        kind: form.relkind as u8,
-                    });
-                }
-            }
-            pg_sys::UnlockReleaseBuffer(buf);
-        }
-        pg_sys::UnregisterSnapshot(snapshot);
-        pg_sys::FreeAccessStrategy(strategy);
-    }
+    // Under the fence's lock on the template's pg_class (module comment).
+    let mut out: Vec<Relation> = catalog_pages::classes(db, tablespace, Visibility::Locked)
+        .into_iter()
+        .filter(|c| !c.shared && c.persistence != pg_sys::RELPERSISTENCE_TEMP)
+        .map(|c| Relation {
+            oid: c.oid,
+            name: c.name,
+            kind: c.kind,
+        })
+        .collect();
     let rank = |k: u8| match k {
         pg_sys::RELKIND_TOASTVALUE => 1,
         pg_sys::RELKIND_INDEX | pg_sys::RELKIND_PARTITIONED_INDEX => 2,

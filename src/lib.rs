@@ -22,6 +22,7 @@ mod api;
 mod backup;
 mod branch;
 mod catalog;
+mod catalog_pages;
 mod cleanup;
 mod compat;
 mod convert;
