@@ -1,5 +1,6 @@
 """What managing branches costs: the registry record per branch, reading
-the registry, setting an expiry, and branch_size() / cluster_size().
+the registry, setting an expiry, branch_size() / cluster_size() and
+diverged().
 
 One cluster on btrfs. For each pgbench scale in SIZES (70: about 1 GB,
 350: about 5 GB) a template is loaded, then RUNS branches are made of it,
@@ -7,8 +8,9 @@ each timed, with last_branch()'s record_ms (writing the registry record)
 and total_ms; the record's share of the branch is their ratio, measured in
 the same statements. Core's FILE_COPY is timed once per size for scale.
 Then, with those RUNS branches in place: SELECT * FROM pgbranch.branches,
-set_expiry(), branch_size() of one branch after an UPDATE of 1 % of its
-accounts, branch_size() of the template, and cluster_size().
+set_expiry(), diverged() of an untouched branch, branch_size() and
+diverged() of one branch after an UPDATE of 1 % of its accounts,
+branch_size() of the template, and cluster_size().
 
 PG_BIN selects the server (bench/run.sh sets it from PG_VERSION).
 """
@@ -36,8 +38,8 @@ def main():
     try:
         c.sql("CREATE EXTENSION pg_branch")
         print(f"{'scale':>5} {'GB':>5} | {'branch p50':>10} {'p99':>7} {'record p50':>10} {'p99':>6} {'share':>6} | "
-              f"{'core FILE_COPY':>14} | {'branches':>8} {'set_expiry':>10} | {'branch_size':>11} "
-              f"{'of template':>11} {'cluster_size':>12}  (ms)")
+              f"{'core FILE_COPY':>14} | {'branches':>8} {'set_expiry':>10} | {'diverged, idle':>14} {'rows':>4} | "
+              f"{'branch_size':>11} {'diverged':>8} {'rows':>4} {'of template':>11} {'cluster_size':>12}  (ms)")
         for scale in SIZES:
             c.sql("DROP DATABASE IF EXISTS tpl")
             c.sql("CREATE DATABASE tpl")
@@ -57,14 +59,18 @@ def main():
             view_ms, rows = timed(c, "SELECT * FROM pgbranch.branches")
             assert len(rows) >= RUNS
             expiry_ms, _ = timed(c, "SELECT pgbranch.set_expiry('lc_0', '1 day')")
+            idle_ms, idle = timed(c, "SELECT * FROM pgbranch.diverged('lc_1')")
             c.sql("UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid % 100 = 0", dbname="lc_0")
             c.sql("CHECKPOINT")
             size_ms, _ = timed(c, "SELECT * FROM pgbranch.branch_size('lc_0')")
+            diverged_ms, diverged = timed(c, "SELECT * FROM pgbranch.diverged('lc_0')")
+            assert "public.pgbench_accounts" in {r[0] for r in diverged}, diverged
             tpl_ms, _ = timed(c, "SELECT * FROM pgbranch.branch_size('tpl')")
             cluster_ms, _ = timed(c, "SELECT * FROM pgbranch.cluster_size()")
             print(f"{scale:>5} {gb:>5.2f} | {statistics.median(totals):>10.1f} {pct(totals, 99):>7.1f} "
                   f"{statistics.median(records):>10.3f} {pct(records, 99):>6.3f} {share:>6.1%} | {core_ms:>14.0f} | "
-                  f"{view_ms:>8.1f} {expiry_ms:>10.1f} | {size_ms:>11.0f} {tpl_ms:>11.0f} {cluster_ms:>12.0f}",
+                  f"{view_ms:>8.1f} {expiry_ms:>10.1f} | {idle_ms:>14.0f} {len(idle):>4} | {size_ms:>11.0f} {diverged_ms:>8.0f} "
+                  f"{len(diverged):>4} {tpl_ms:>11.0f} {cluster_ms:>12.0f}",
                   flush=True)
             for i in range(RUNS):
                 c.sql(f"DROP DATABASE lc_{i}")

@@ -23,7 +23,7 @@ cd "$REPO"
 PG_VERSIONS=${PG_VERSIONS:-15 18 16 17}
 FULL_VERSIONS=${FULL_VERSIONS:-15 18}
 SOME_TESTS=(tests/test_parity.py tests/test_fidelity.py tests/test_branch.py tests/test_filesystems.py tests/test_live_template.py
-            tests/test_upgrade.py tests/test_registry.py)
+            tests/test_upgrade.py tests/test_registry.py tests/test_diverged.py)
 
 bash scripts/setup.sh
 for v in $PG_VERSIONS; do

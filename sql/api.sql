@@ -17,6 +17,8 @@ REVOKE ALL ON FUNCTION branch_size(text) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION branch_size(text) TO pg_read_server_files;
 REVOKE ALL ON FUNCTION cluster_size() FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION cluster_size() TO pg_read_server_files;
+REVOKE ALL ON FUNCTION diverged(text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION diverged(text) TO pg_read_server_files;
 
 COMMENT ON FUNCTION database_storage() IS
   'Where each database directory lives and how pg_branch would branch it';
@@ -24,6 +26,8 @@ COMMENT ON FUNCTION branch_size(text) IS
   'A database''s bytes on disk: its own (exclusive) and shared with other files';
 COMMENT ON FUNCTION cluster_size() IS
   'What all databases take on disk together, each shared extent once';
+COMMENT ON FUNCTION diverged(text) IS
+  'The relations of a branch that differ from its parent''s, with the bytes that no longer share extents';
 COMMENT ON FUNCTION last_branch() IS
   'What this session''s last branch took, step by step';
 COMMENT ON FUNCTION orphans() IS

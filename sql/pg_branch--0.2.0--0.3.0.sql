@@ -49,6 +49,25 @@ COMMENT ON FUNCTION set_expiry(text, interval) IS
 COMMENT ON FUNCTION clear_expiry(text) IS
   'Make a branch never expire';
 
+-- diverged() (src/diverged.rs): as branch_size(), it shows file layout,
+-- so it is the superuser's and pg_read_server_files'.
+CREATE FUNCTION diverged("branch" text) RETURNS TABLE (
+	"relation" TEXT,
+	"kind" TEXT,
+	"fork" TEXT,
+	"status" TEXT,
+	"branch_bytes" bigint,
+	"parent_bytes" bigint,
+	"diverged_bytes" bigint
+)
+STRICT VOLATILE
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'diverged_wrapper';
+REVOKE ALL ON FUNCTION diverged(text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION diverged(text) TO pg_read_server_files;
+COMMENT ON FUNCTION diverged(text) IS
+  'The relations of a branch that differ from its parent''s, with the bytes that no longer share extents';
+
 CREATE VIEW branches AS
 WITH RECURSIVE registry AS (
     SELECT l.objoid AS oid, l.label::jsonb AS r

@@ -4,6 +4,7 @@ use crate::branch;
 use crate::catalog;
 use crate::cleanup;
 use crate::convert;
+use crate::diverged;
 use crate::doctor;
 use crate::error;
 use crate::ffi;
@@ -351,6 +352,41 @@ fn cluster_size() -> TableIterator<
     )))
 }
 
+/// The relations of branch `branch` that differ from its parent's, per
+/// fork: `diverged_bytes`, the branch's bytes whose extents are no longer
+/// the parent's same file's (written since on either side), and the
+/// relations only one side has. From extent maps and the two databases'
+/// `pg_class`, never relation data (src/diverged.rs). Superuser, or
+/// members of pg_read_server_files, by default.
+#[pg_extern(volatile)]
+#[allow(clippy::type_complexity)]
+fn diverged(
+    branch: &str,
+) -> TableIterator<
+    'static,
+    (
+        name!(relation, String),
+        name!(kind, String),
+        name!(fork, Option<String>),
+        name!(status, String),
+        name!(branch_bytes, Option<i64>),
+        name!(parent_bytes, Option<i64>),
+        name!(diverged_bytes, i64),
+    ),
+> {
+    TableIterator::new(diverged::diverged(branch).into_iter().map(|r| {
+        (
+            r.relation,
+            r.kind.to_owned(),
+            r.fork.map(str::to_owned),
+            r.status.to_owned(),
+            r.branch_bytes,
+            r.parent_bytes,
+            r.diverged_bytes,
+        )
+    }))
+}
+
 /// The ERROR of branch_size() and cluster_size() when FIEMAP fails.
 fn extents_error(path: &std::path::Path, e: std::io::Error) -> ! {
     error::error(
@@ -517,6 +553,7 @@ extension_sql_file!(
         database_storage,
         branch_size,
         cluster_size,
+        diverged,
         last_branch,
         orphans,
         remove_orphans,

@@ -27,6 +27,7 @@ mod cleanup;
 mod compat;
 mod convert;
 mod decide;
+mod diverged;
 mod doctor;
 mod error;
 mod expiry;

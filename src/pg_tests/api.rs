@@ -25,7 +25,7 @@ mod tests {
         assert_eq!(
             labels,
             "branch_size:vu clear_expiry:vu cluster_size:vu convert_all_to_subvolumes:vu \
-             convert_to_subvolume:vu database_storage:vr doctor:vu last_branch:vr orphans:vu \
+             convert_to_subvolume:vu database_storage:vr diverged:vu doctor:vu last_branch:vr orphans:vu \
              remove_orphans:vu set_expiry:vu wal_needs_pg_branch:vu"
         );
     }
@@ -44,7 +44,9 @@ mod tests {
         assert_eq!(executable, "clear_expiry last_branch set_expiry");
         // Reading extent maps is for those who may read server files.
         let readers: bool = one("SELECT has_function_privilege('pg_read_server_files',
-                                           'pgbranch.branch_size(text)', 'EXECUTE')");
+                                           'pgbranch.branch_size(text)', 'EXECUTE')
+                                    AND has_function_privilege('pg_read_server_files',
+                                           'pgbranch.diverged(text)', 'EXECUTE')");
         assert!(readers);
     }
 

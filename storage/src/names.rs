@@ -69,8 +69,60 @@ pub fn looks_like_temp_rel_name(name: &OsStr) -> bool {
     rest.is_empty()
 }
 
+/// What a relation file's name says, as core's `relpath()` spells it:
+/// `<filenode>`, then `_fsm`, `_vm` or `_init` for a fork other than the
+/// main one, then `.<segment>` for a segment after the first. Returns the
+/// filenode and the fork's name (`main`, `fsm`, `vm`, `init`); `None` for
+/// anything else in a database directory (`PG_VERSION`, `pg_filenode.map`,
+/// temporary relations, leftovers).
+pub fn relation_file_name(name: &str) -> Option<(u32, &'static str)> {
+    let plain =
+        |s: &str| !s.is_empty() && !s.starts_with('0') && s.bytes().all(|b| b.is_ascii_digit());
+    let name = match name.split_once('.') {
+        Some((rel, seg)) if plain(seg) => rel,
+        Some(_) => return None,
+        None => name,
+    };
+    let (digits, fork) = match name.split_once('_') {
+        Some((d, "fsm")) => (d, "fsm"),
+        Some((d, "vm")) => (d, "vm"),
+        Some((d, "init")) => (d, "init"),
+        Some(_) => return None,
+        None => (name, "main"),
+    };
+    if !plain(digits) {
+        return None;
+    }
+    Some((digits.parse().ok()?, fork))
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn relation_files_are_named_as_relpath_names_them() {
+        use super::relation_file_name as f;
+        assert_eq!(f("16385"), Some((16385, "main")));
+        assert_eq!(f("16385.1"), Some((16385, "main")));
+        assert_eq!(f("16385_fsm"), Some((16385, "fsm")));
+        assert_eq!(f("16385_vm.12"), Some((16385, "vm")));
+        assert_eq!(f("16385_init"), Some((16385, "init")));
+        for other in [
+            "PG_VERSION",
+            "pg_filenode.map",
+            "pg_internal.init",
+            "t3_16385",
+            "016385",
+            "16385_foo",
+            "16385.",
+            "16385.01",
+            "16385.x",
+            "_fsm",
+            "",
+        ] {
+            assert_eq!(f(other), None, "{other}");
+        }
+    }
+
     #[test]
     fn only_core_spellings_are_database_directories() {
         use super::database_dir_name;

@@ -3,7 +3,8 @@
 //! extents FIEMAP reports, each flagged shared or not. Works wherever
 //! FIEMAP does (btrfs, XFS, ext4, ...); only copy-on-write filesystems
 //! ever share. [`referenced_bytes`] counts what several directories use
-//! together, each shared extent once.
+//! together, each shared extent once. [`Extents`] compares two files:
+//! which of one's bytes are no longer the other's.
 
 use std::fs::{self, File};
 use std::io;
@@ -171,8 +172,115 @@ pub fn referenced_bytes<P: AsRef<Path>>(dirs: &[P]) -> io::Result<u64> {
     Ok(total)
 }
 
+/// Where the data of some files (the segments of one relation fork) lies
+/// on the device: the physical ranges of their data extents.
+#[derive(Debug, Default, Clone)]
+pub struct Extents {
+    /// (start, end) of each extent, sorted.
+    ranges: Vec<(u64, u64)>,
+    /// The same, overlapping ones merged.
+    merged: Vec<(u64, u64)>,
+    /// Bytes of data, each extent counted as often as the files hold it.
+    pub bytes: u64,
+}
+
+impl Extents {
+    /// The extents of `paths` up to each file's end; a file that does not
+    /// exist (or vanishes meanwhile) has none. What lies past the end is
+    /// left out: XFS preallocates there for a file that grows, and a clone
+    /// of it does not share that. Dirty data is written out first, as in
+    /// [`usage`].
+    pub fn of_files<P: AsRef<Path>>(paths: &[P]) -> io::Result<Extents> {
+        let mut ranges = Vec::new();
+        for path in paths {
+            let file = match File::open(path) {
+                Ok(f) => f,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e),
+            };
+            let size = file.metadata()?.len();
+            data_extents(&file, |e| {
+                let length = e.length.min(size.saturating_sub(e.logical));
+                if length > 0 {
+                    ranges.push((e.physical, e.physical + length));
+                }
+            })?;
+        }
+        Ok(Extents::from_ranges(ranges))
+    }
+
+    fn from_ranges(mut ranges: Vec<(u64, u64)>) -> Extents {
+        ranges.sort_unstable();
+        let bytes = ranges.iter().map(|(a, b)| b - a).sum();
+        let mut merged: Vec<(u64, u64)> = Vec::with_capacity(ranges.len());
+        for &(from, to) in &ranges {
+            match merged.last_mut() {
+                Some(last) if from <= last.1 => last.1 = last.1.max(to),
+                _ => merged.push((from, to)),
+            }
+        }
+        Extents {
+            ranges,
+            merged,
+            bytes,
+        }
+    }
+
+    /// The bytes of these extents that lie outside every extent of
+    /// `other`: data these files no longer share with those (or never
+    /// did).
+    pub fn bytes_not_in(&self, other: &Extents) -> u64 {
+        let mut outside = 0;
+        // Both sorted: one pass over `other` for all of ours.
+        let mut first = 0;
+        for &(from, to) in &self.ranges {
+            while first < other.merged.len() && other.merged[first].1 <= from {
+                first += 1;
+            }
+            let mut at = from;
+            for &(o_from, o_to) in &other.merged[first..] {
+                if o_from >= to {
+                    break;
+                }
+                outside += o_from.saturating_sub(at);
+                at = at.max(o_to);
+                if at >= to {
+                    break;
+                }
+            }
+            outside += to.saturating_sub(at);
+        }
+        outside
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use super::Extents;
+
+    #[test]
+    fn bytes_not_in_subtracts_physical_ranges() {
+        let e = |r: &[(u64, u64)]| Extents::from_ranges(r.to_vec());
+        let branch = e(&[(0, 100), (200, 300), (1000, 1100)]);
+        assert_eq!(branch.bytes, 300);
+        assert_eq!(branch.bytes_not_in(&branch), 0);
+        assert_eq!(branch.bytes_not_in(&e(&[])), 300);
+        assert_eq!(e(&[]).bytes_not_in(&branch), 0);
+        // The parent rewrote the middle of the first and all of the last.
+        let parent = e(&[(0, 40), (60, 100), (200, 300), (5000, 5100)]);
+        assert_eq!(branch.bytes_not_in(&parent), 20 + 100);
+        assert_eq!(parent.bytes_not_in(&branch), 100);
+        // Overlapping ranges on the other side count once.
+        let other = e(&[(0, 50), (25, 75), (70, 80), (250, 2000)]);
+        assert_eq!(branch.bytes_not_in(&other), 20 + 50);
+        // A range of ours spanning several of theirs, and a gap at its end.
+        let one = e(&[(0, 1000)]);
+        assert_eq!(
+            one.bytes_not_in(&e(&[(100, 200), (300, 400), (900, 950)])),
+            750
+        );
+    }
+
     #[test]
     fn fiemap_request_number_is_linuxs() {
         // FS_IOC_FIEMAP in linux/fs.h on x86_64 and aarch64.
