@@ -157,7 +157,7 @@ fn look(recent: Option<i64>) {
         None => true,
         Some(s) => e.expires_at > registry::timestamp_text(now - (s + 1) * 1_000_000),
     };
-    for e in in_transaction(expired) {
+    for e in BackgroundWorker::transaction(expired) {
         if e.is_template {
             if tell(&e) {
                 log(format!(
@@ -177,20 +177,21 @@ fn look(recent: Option<i64>) {
             }
             continue;
         }
-        let outcome = PgTryBuilder::new(|| Ok(in_transaction(|| drop_if_still_expired(&e))))
-            .catch_others(|caught| {
-                // SAFETY: ends the failed transaction (releases its locks
-                // and memory), as PostgresMain does after an ERROR.
-                unsafe { pg_sys::AbortCurrentTransaction() };
-                Err(match caught {
-                    pg_sys::panic::CaughtError::PostgresError(r)
-                    | pg_sys::panic::CaughtError::ErrorReport(r) => r.message().to_string(),
-                    pg_sys::panic::CaughtError::RustPanic { ereport, .. } => {
-                        ereport.message().to_string()
-                    }
+        let outcome =
+            PgTryBuilder::new(|| Ok(BackgroundWorker::transaction(|| drop_if_still_expired(&e))))
+                .catch_others(|caught| {
+                    // SAFETY: ends the failed transaction (releases its locks
+                    // and memory), as PostgresMain does after an ERROR.
+                    unsafe { pg_sys::AbortCurrentTransaction() };
+                    Err(match caught {
+                        pg_sys::panic::CaughtError::PostgresError(r)
+                        | pg_sys::panic::CaughtError::ErrorReport(r) => r.message().to_string(),
+                        pg_sys::panic::CaughtError::RustPanic { ereport, .. } => {
+                            ereport.message().to_string()
+                        }
+                    })
                 })
-            })
-            .execute();
+                .execute();
         match outcome {
             Ok(true) => {
                 log(format!(
@@ -205,24 +206,6 @@ fn look(recent: Option<i64>) {
             )),
         }
     }
-}
-
-/// Run `body` in a transaction of its own, with a snapshot.
-fn in_transaction<R>(body: impl FnOnce() -> R) -> R {
-    // SAFETY: the worker is between transactions here; the standard
-    // sequence of a background worker's transaction.
-    unsafe {
-        pg_sys::SetCurrentStatementStartTimestamp();
-        pg_sys::StartTransactionCommand();
-        pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
-    }
-    let r = body();
-    // SAFETY: ends the transaction started above.
-    unsafe {
-        pg_sys::PopActiveSnapshot();
-        pg_sys::CommitTransactionCommand();
-    }
-    r
 }
 
 /// Every branch whose record's expiry is at or before now.

@@ -138,11 +138,23 @@ pub fn set_expiry(db: Oid, name: &str, at: Option<pg_sys::TimestampTz>) {
     write(db, &Value::Object(record));
 }
 
-/// Every readable record, by a scan of pg_shseclabel with the catalog
-/// snapshot: no SPI, so that the expiry worker, which has no database,
-/// can read it (pg_shseclabel is a shared catalog). Labels that are not
-/// JSON objects are left out (doctor() reports them).
+/// Every readable record: [`labels`] that are JSON objects (doctor()
+/// reports the others).
 pub fn scan() -> Vec<(Oid, Map<String, Value>)> {
+    labels()
+        .into_iter()
+        .filter_map(|(db, label)| match serde_json::from_str(&label) {
+            Ok(Value::Object(record)) => Some((db, record)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Every label of provider pg_branch on a database, by OID, as stored: a
+/// scan of pg_shseclabel with the catalog snapshot, no SPI, so that the
+/// expiry worker, which has no database, can read it (pg_shseclabel is a
+/// shared catalog).
+fn labels() -> Vec<(Oid, String)> {
     let mut out = Vec::new();
     // SAFETY: opens a shared catalog by its fixed OID and scans it whole
     // with the catalog snapshot; each tuple is deformed with the
@@ -181,18 +193,21 @@ pub fn scan() -> Vec<(Oid, Map<String, Value>)> {
                 continue;
             }
             let label = CStr::from_ptr(pg_sys::text_to_cstring(values[3].cast_mut_ptr()));
-            if let Ok(Value::Object(record)) = serde_json::from_str(&label.to_string_lossy()) {
-                out.push((Oid::from(values[0].value() as u32), record));
-            }
+            out.push((
+                Oid::from(values[0].value() as u32),
+                label.to_string_lossy().into_owned(),
+            ));
         }
         pg_sys::systable_endscan(scan);
         pg_sys::table_close(rel, pg_sys::AccessShareLock as _);
     }
+    out.sort_by_key(|(db, _)| db.to_u32());
     out
 }
 
 /// One row of the registry as stored, for doctor(): the database's OID,
-/// whether that database exists, the label, and whether it has expired.
+/// its name if that database exists, the label, and when it expired if it
+/// has.
 pub struct Stored {
     pub db: Oid,
     pub name: Option<String>,
@@ -200,35 +215,29 @@ pub struct Stored {
     pub expired_at: Option<String>,
 }
 
-/// Every record, read through SPI with the statement's snapshot.
+/// Every label as stored ([`labels`]), by OID, with its database's name.
 pub fn stored() -> Vec<Stored> {
     // SAFETY: reads the current transaction's start (now()).
     let now = timestamp_text(unsafe { pg_sys::GetCurrentTransactionStartTimestamp() });
-    pgrx::Spi::connect(|c| {
-        c.select(
-            "SELECT l.objoid, d.datname::text, l.label
-               FROM pg_catalog.pg_shseclabel l
-               LEFT JOIN pg_catalog.pg_database d ON d.oid = l.objoid
-              WHERE l.provider = 'pg_branch'
-                AND l.classoid = 'pg_catalog.pg_database'::pg_catalog.regclass
-              ORDER BY l.objoid",
-            None,
-            &[],
-        )
-        .map(|rows| {
-            rows.map(|r| {
-                let label = r.get::<String>(3).ok().flatten().unwrap_or_default();
-                Stored {
-                    db: r.get::<Oid>(1).ok().flatten().unwrap_or(pg_sys::InvalidOid),
-                    name: r.get::<String>(2).ok().flatten(),
-                    expired_at: expired_at(&label, &now),
-                    label,
-                }
-            })
-            .collect()
+    labels()
+        .into_iter()
+        .map(|(db, label)| {
+            // SAFETY: a syscache lookup by OID: NULL if there is no such
+            // database, else a palloc'd NUL-terminated name.
+            let name = unsafe { pg_sys::get_database_name(db) };
+            Stored {
+                db,
+                // SAFETY: non-NULL, so a NUL-terminated string.
+                name: (!name.is_null()).then(|| {
+                    unsafe { CStr::from_ptr(name) }
+                        .to_string_lossy()
+                        .into_owned()
+                }),
+                expired_at: expired_at(&label, &now),
+                label,
+            }
         })
-        .unwrap_or_default()
-    })
+        .collect()
 }
 
 /// When a record says its branch expires, if that is at or before `now`

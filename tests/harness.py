@@ -410,6 +410,19 @@ def wait_archived(primary):
                                         params=(segment,)), 60), "the archiver did not copy " + segment
 
 
+def archiving_cluster(root, port):
+    """A started cluster of its own at `root` that archives its WAL into
+    `<root>-archive` (emptied first), given as its `.archive`: for
+    point-in-time recovery, and standbys that restore from it."""
+    archive = root.parent / f"{root.name}-archive"
+    shutil.rmtree(archive, ignore_errors=True)
+    archive.mkdir()
+    shutil.chown(archive, "postgres", "postgres")
+    c = Cluster(root, port, extra_conf=f"archive_mode = on\narchive_command = 'cp %p {archive}/%f'\n").init().start()
+    c.archive = archive
+    return c
+
+
 def make_standby(primary, root, port, preload=True):
     standby = Cluster(root, port, preload=preload).fresh()
     as_postgres(PG_BIN / "pg_basebackup", "-D", standby.data, "-R", "-X", "stream", "-c", "fast",

@@ -13,8 +13,8 @@ import time
 import psycopg
 import pytest
 
-from harness import (LIBRARY, PG_BIN, Cluster, Gdb, amcheck, as_postgres, exclusive_bytes, is_subvolume, make_standby, mount, oracle,
-                     wait_archived, wait_for, wait_replayed)
+from harness import (LIBRARY, PG_BIN, Cluster, Gdb, amcheck, archiving_cluster, as_postgres, exclusive_bytes,
+                     is_subvolume, make_standby, mount, oracle, wait_archived, wait_for, wait_replayed)
 
 
 def pgbench_init(cluster, db, scale=1):
@@ -33,13 +33,7 @@ def pgbench_load(cluster, db, seconds):
 def primary():
     """A primary of its own, archiving WAL, so crashes and standbys here do
     not disturb the other suites' cluster."""
-    root = mount("PG_BRANCH_TEST_BTRFS") / "pytest-primary"
-    archive = root.parent / "pytest-primary-archive"
-    shutil.rmtree(archive, ignore_errors=True)
-    archive.mkdir()
-    shutil.chown(archive, "postgres", "postgres")
-    c = Cluster(root, 5497, extra_conf=f"archive_mode = on\narchive_command = 'cp %p {archive}/%f'\n").init().start()
-    c.archive = archive
+    c = archiving_cluster(mount("PG_BRANCH_TEST_BTRFS") / "pytest-primary", 5497)
     c.sql("CREATE EXTENSION pg_branch")
     c.sql("CREATE EXTENSION pg_walinspect")
     pgbench_init(c, "tpl")

@@ -14,8 +14,8 @@ import threading
 import psycopg
 import pytest
 
-from harness import (PG_BIN, Cluster, as_postgres, checkpointer_stopped, make_standby, mount, wait_archived, wait_for,
-                     wait_replayed)
+from harness import (PG_BIN, Cluster, archiving_cluster, as_postgres, checkpointer_stopped, make_standby, mount,
+                     wait_archived, wait_for, wait_replayed)
 
 RECORDS = "SELECT count(*) FROM pg_shseclabel WHERE provider = 'pg_branch'"
 RECORD_OF = ("SELECT label::jsonb FROM pg_shseclabel WHERE provider = 'pg_branch' "
@@ -30,13 +30,7 @@ VIEW = """SELECT name, oid, is_branch, parent, parent_oid, parent_name_at_branch
 @pytest.fixture(scope="module")
 def primary():
     """A primary of its own, archiving WAL for the point-in-time test."""
-    root = mount("PG_BRANCH_TEST_BTRFS") / "pytest-registry"
-    archive = root.parent / "pytest-registry-archive"
-    shutil.rmtree(archive, ignore_errors=True)
-    archive.mkdir()
-    shutil.chown(archive, "postgres", "postgres")
-    c = Cluster(root, 5530, extra_conf=f"archive_mode = on\narchive_command = 'cp %p {archive}/%f'\n").init().start()
-    c.archive = archive
+    c = archiving_cluster(mount("PG_BRANCH_TEST_BTRFS") / "pytest-registry", 5530)
     c.sql("CREATE EXTENSION pg_branch")
     if c.has_contrib("pg_walinspect"):
         c.sql("CREATE EXTENSION pg_walinspect")
