@@ -2,17 +2,17 @@
 # Benchmarks: one entry point. Each prints its figures, with core's own
 # strategies measured in the same run where they apply. As root:
 #
-#   sudo bench/run.sh suite             every figure of the README (bench/suite.py): latency against
+#   bash bench/run.sh suite             every figure of the README (bench/suite.py): latency against
 #                                       size, the snapshot floor, disk, 1000 branches, writers; CSV + plot
-#   sudo bench/run.sh latency           CREATE DATABASE p50/p99, idle and under load, against core
-#   sudo bench/run.sh live-template     pgbench writes to the template while 100 branches are made
-#   sudo bench/run.sh filesystems       1 GB template: btrfs snapshot, btrfs reflink, XFS reflink, core, disk growth
-#   sudo bench/run.sh hook-overhead     100 000 SET and CREATE TEMP TABLE ... ON COMMIT DROP, stock against pg_branch
-#   sudo bench/run.sh during-backup     a branch while pg_backup_start runs (written into WAL page by page), against
+#   bash bench/run.sh latency           CREATE DATABASE p50/p99, idle and under load, against core
+#   bash bench/run.sh live-template     pgbench writes to the template while 100 branches are made
+#   bash bench/run.sh filesystems       1 GB template: btrfs snapshot, btrfs reflink, XFS reflink, core, disk growth
+#   bash bench/run.sh hook-overhead     100 000 SET and CREATE TEMP TABLE ... ON COMMIT DROP, stock against pg_branch
+#   bash bench/run.sh during-backup     a branch while pg_backup_start runs (written into WAL page by page), against
 #                                       the fast path and core's WAL_LOG and FILE_COPY
-#   sudo bench/run.sh lifecycle         the registry's cost per branch (record_ms against total_ms), reading
+#   bash bench/run.sh lifecycle         the registry's cost per branch (record_ms against total_ms), reading
 #                                       pgbranch.branches, set_expiry(), branch_size() and cluster_size() at 1 and 5 GB
-#   sudo bench/run.sh snapshot-latency  no server: our snapshot ioctl against the btrfsutil crate, 200 each,
+#   bash bench/run.sh snapshot-latency  no server: our snapshot ioctl against the btrfsutil crate, 200 each,
 #                                       interleaved (bench/snapshot_latency; installs libbtrfsutil-dev)
 #
 # Settings: SCALE (pgbench scale of the template); latency: RUNS;

@@ -3,11 +3,11 @@
 # copy-on-write filesystem, a ~1 GB pgbench database, and one branch of it,
 # timed next to core's WAL_LOG and FILE_COPY copies of the same template.
 #
-#   sudo scripts/demo.sh            cluster on a loop-mounted btrfs image
+#   bash scripts/demo.sh            cluster on a loop-mounted btrfs image
 #                                   ($PG_BRANCH_IMAGES/btrfs.img, default
 #                                   /var/lib/pg_branch, mounted on
 #                                   /mnt/pg_branch/btrfs)
-#   sudo scripts/demo.sh DIR        cluster in DIR, which must be on btrfs
+#   bash scripts/demo.sh DIR        cluster in DIR, which must be on btrfs
 #                                   or on XFS formatted with reflink=1
 #
 # Settings: SCALE (pgbench scale, default 70 = about 1 GB), PORT (5440),

@@ -17,7 +17,7 @@ pg_prefix() {
         *) echo "$PGS/$1" ;;
     esac
 }
-# The version the scripts work with: PG_VERSION=18 sudo -E scripts/demo.sh.
+# The version the scripts work with: PG_VERSION=18 bash scripts/demo.sh.
 PG_VERSION="${PG_VERSION:-15}"
 PG_BIN="$(pg_prefix "$PG_VERSION")/bin"
 PG_CONFIG=$PG_BIN/pg_config

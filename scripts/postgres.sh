@@ -8,8 +8,8 @@
 #   17   compiled from Debian trixie's source package
 #   18   compiled from Debian sid's source package
 #
-#   sudo scripts/postgres.sh 18       one version
-#   sudo scripts/postgres.sh all      all of them
+#   bash scripts/postgres.sh 18       one version
+#   bash scripts/postgres.sh all      all of them
 #
 # Prints nothing on success but progress; `pg_bin VERSION` (lib.sh) names
 # the bin directory afterwards. Run as root.

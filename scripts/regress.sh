@@ -5,7 +5,7 @@
 # in its environment, both on btrfs so that the suite's CREATE DATABASEs
 # are branches. Fails unless the same tests fail on both (issue 12).
 #
-#   sudo scripts/regress.sh 18        one version (15, 16, 17, 18)
+#   bash scripts/regress.sh 18        one version (15, 16, 17, 18)
 #
 # pg_branch must be installed into that version first (test.sh does it).
 # The suite comes from the version's source tree: for 17 and 18 the
