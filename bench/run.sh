@@ -11,7 +11,7 @@
 #   bash bench/run.sh during-backup     a branch while pg_backup_start runs (written into WAL page by page), against
 #                                       the fast path and core's WAL_LOG and FILE_COPY
 #   bash bench/run.sh lifecycle         the registry's cost per branch (record_ms against total_ms), reading
-#                                       pgbranch.branches, set_expiry(), branch_size() and cluster_size() at 1 and 5 GB
+#                                       pgbranch.branches, set_expiry(), branch_size(), diverged(), cluster_size() at 1 and 5 GB
 #   bash bench/run.sh snapshot-latency  no server: our snapshot ioctl against the btrfsutil crate, 200 each,
 #                                       interleaved (bench/snapshot_latency; installs libbtrfsutil-dev)
 #

@@ -346,6 +346,14 @@ def test_a_standby_shows_the_same_registry_and_keeps_it_when_promoted(primary):
             ("sb_2", True, None, "sb_1", False, 0, ["sb_2"]),
             ("sb_3", True, "sb_2", "sb_2", True, 1, ["sb_2", "sb_3"]),
         ]
+        # diverged() reads on a standby too, and finds what the primary
+        # finds. (Main forks only: free-space maps are not WAL-logged whole.)
+        c.sql("UPDATE t SET g = g + 1 WHERE g <= 10", dbname="sb_3")
+        wait_replayed(c, standby)
+        ours = ("SELECT relation, fork, status FROM pgbranch.diverged('sb_3') "
+                "WHERE relation LIKE 'public.%%' AND fork = 'main'")
+        assert c.sql(ours) == [("public.t", "main", "changed")]
+        assert standby.sql(ours) == c.sql(ours)
         as_postgres(PG_BIN / "pg_ctl", "-D", standby.data, "-w", "promote")
         assert wait_for(lambda: not standby.one("SELECT pg_is_in_recovery()"))
         assert standby.sql(VIEW) == c.sql(VIEW)
