@@ -87,7 +87,12 @@ pub fn diverged(branch: &str) -> Vec<Row> {
         .and_then(|v| v.as_str())
         .unwrap_or("?")
         .to_owned();
-    let Some(parent) = lock_by_oid(parent_oid, lockmode) else {
+    // A parent that a DROP DATABASE interrupted half-way (invalid) has lost
+    // some of its files: as good as dropped.
+    // SAFETY: a syscache lookup by OID, released before it returns.
+    let parent = lock_by_oid(parent_oid, lockmode)
+        .filter(|p| !unsafe { pg_sys::database_is_invalid_oid(p.oid) });
+    let Some(parent) = parent else {
         Report::new(
             PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
             format!("the parent of branch \"{branch}\" has been dropped"),

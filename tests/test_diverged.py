@@ -130,7 +130,11 @@ def test_diverged_lists_exactly_what_was_written(cluster):
     with pytest.raises(psycopg.errors.InvalidCatalogName, match='database "dv_nope" does not exist'):
         c.sql(DIVERGED, params=("dv_nope",))
 
-    # The parent dropped: said plainly, with what to use instead.
+    # The parent dropped: said plainly, with what to use instead. Half
+    # dropped (invalid, as an interrupted DROP DATABASE leaves it) counts.
+    c.sql("UPDATE pg_database SET datconnlimit = -2 WHERE datname = 'dv_app'")
+    with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState, match="has been dropped"):
+        c.sql(DIVERGED, params=("dv_b",))
     c.sql("DROP DATABASE dv_app")
     with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState) as e:
         c.sql(DIVERGED, params=("dv_b",))
