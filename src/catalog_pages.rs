@@ -9,9 +9,11 @@
 //!   template's `pg_class`), with a snapshot taken after the lock, which
 //!   may set hint bits on the shared pages as any scan does;
 //! - without a lock (doctor(), diverged()), on a private copy of each page,
-//!   from the hint bits and the commit log, changing nothing: such a scan
-//!   never dirties a buffer of another database (doctor.rs says why that
-//!   matters), and concurrent DDL can make it slightly stale.
+//!   against a snapshot taken when the scan starts, from the hint bits and
+//!   the commit log, changing nothing: such a scan never dirties a buffer
+//!   of another database (doctor.rs says why that matters). It sees the
+//!   catalog as of its start, as any MVCC scan would; DDL committed since
+//!   is not seen.
 
 use crate::compat;
 use crate::ffi;
@@ -25,7 +27,8 @@ pub enum Visibility {
     /// A snapshot taken now; the caller holds a lock on the catalog that
     /// keeps every change out, so none is in progress.
     Locked,
-    /// Committed and not deleted as of now, judged on a copy of the page.
+    /// Committed and not deleted as of a snapshot taken when the scan
+    /// starts, judged on a copy of the page without setting hint bits.
     ReadOnly,
 }
 
@@ -131,10 +134,12 @@ fn scan(
         let nblocks = pg_sys::smgrnblocks(smgr, pg_sys::ForkNumber::MAIN_FORKNUM);
         pg_sys::smgrclose(smgr);
         let strategy = pg_sys::GetAccessStrategy(pg_sys::BufferAccessStrategyType::BAS_BULKREAD);
-        // Taken after the caller's lock: every change to the catalog is
-        // committed or aborted in it.
-        let snapshot = (visibility == Visibility::Locked)
-            .then(|| pg_sys::RegisterSnapshot(pg_sys::GetLatestSnapshot()));
+        // Locked: taken after the caller's lock, so every change to the
+        // catalog is committed or aborted in it. ReadOnly: one moment for
+        // the whole scan, so that a row updated by a transaction that
+        // commits meanwhile is seen once (old or new version), never
+        // twice or not at all.
+        let snapshot = pg_sys::RegisterSnapshot(pg_sys::GetLatestSnapshot());
         for blkno in 0..nblocks {
             check_for_interrupts!();
             let buf = pg_sys::ReadBufferWithoutRelcache(
@@ -146,9 +151,9 @@ fn scan(
                 true,
             );
             pg_sys::LockBuffer(buf, pg_sys::BUFFER_LOCK_SHARE as _);
-            let page = match snapshot {
-                Some(_) => pg_sys::BufferGetPage(buf),
-                None => {
+            let page = match visibility {
+                Visibility::Locked => pg_sys::BufferGetPage(buf),
+                Visibility::ReadOnly => {
                     std::ptr::copy_nonoverlapping(
                         pg_sys::BufferGetPage(buf) as *const u8,
                         copy.as_mut_ptr().cast::<u8>(),
@@ -171,22 +176,22 @@ fn scan(
                     tuple.t_self.ip_blkid.bi_hi = (blkno >> 16) as u16;
                     tuple.t_self.ip_blkid.bi_lo = (blkno & 0xffff) as u16;
                     tuple.t_self.ip_posid = off;
-                    let live = match snapshot {
-                        Some(s) => pg_sys::HeapTupleSatisfiesVisibility(&mut tuple, s, buf),
-                        None => live_now(tuple.t_data),
+                    let live = match visibility {
+                        Visibility::Locked => {
+                            pg_sys::HeapTupleSatisfiesVisibility(&mut tuple, snapshot, buf)
+                        }
+                        Visibility::ReadOnly => visible_in(tuple.t_data, snapshot),
                     };
                     if live {
                         visit(&mut tuple);
                     }
                 }
             }
-            if snapshot.is_some() {
+            if visibility == Visibility::Locked {
                 pg_sys::UnlockReleaseBuffer(buf);
             }
         }
-        if let Some(s) = snapshot {
-            pg_sys::UnregisterSnapshot(s);
-        }
+        pg_sys::UnregisterSnapshot(snapshot);
         pg_sys::FreeAccessStrategy(strategy);
     }
 }
@@ -198,31 +203,39 @@ fn name_text(name: &pg_sys::NameData) -> String {
         .into_owned()
 }
 
-/// Whether the tuple is inserted by a committed transaction and not
-/// deleted by one, as a snapshot taken now would see it; decided from its
-/// hint bits and the commit log, changing nothing.
+/// Whether the tuple is visible to MVCC snapshot `snapshot`: inserted by
+/// a transaction that committed before it, and not deleted by one; as
+/// HeapTupleSatisfiesMVCC decides, from the hint bits where set and from
+/// the commit log otherwise, without setting any.
 ///
 /// # Safety
 /// `tup` must point to a heap tuple header of another database's catalog
-/// (so no transaction of ours wrote it), in memory we own.
-unsafe fn live_now(tup: pg_sys::HeapTupleHeader) -> bool {
+/// (so no transaction of ours wrote it), in memory we own; `snapshot` must
+/// be a registered MVCC snapshot.
+unsafe fn visible_in(tup: pg_sys::HeapTupleHeader, snapshot: pg_sys::Snapshot) -> bool {
     // SAFETY: `tup` is a valid heap tuple header (the caller's promise).
     let infomask = unsafe { (*tup).t_infomask } as u32;
-    let committed = |xid: pg_sys::TransactionId| {
-        // As HeapTupleSatisfiesMVCC: the proc array first, since a
-        // transaction is marked committed in clog before it leaves it.
-        // SAFETY: lookups of a plain XID in the proc array and the commit
-        // log, which change nothing.
-        unsafe { !pg_sys::TransactionIdIsInProgress(xid) && pg_sys::TransactionIdDidCommit(xid) }
+    // As HeapTupleSatisfiesMVCC: a transaction the snapshot sees as running
+    // has not committed for it; otherwise the commit log says.
+    // SAFETY: lookups of a plain XID in a registered snapshot and the
+    // commit log, which change nothing.
+    let committed_before = |xid| unsafe {
+        !pg_sys::XidInMVCCSnapshot(xid, snapshot) && pg_sys::TransactionIdDidCommit(xid)
     };
     let xmin_frozen = pg_sys::HEAP_XMIN_COMMITTED | pg_sys::HEAP_XMIN_INVALID;
-    if infomask & xmin_frozen == xmin_frozen || infomask & pg_sys::HEAP_XMIN_COMMITTED != 0 {
-        // committed (or frozen)
-    } else if infomask & pg_sys::HEAP_XMIN_INVALID != 0
-        // SAFETY: as above; a heap tuple's header holds its xmin.
-        || !committed(unsafe { (*tup).t_choice.t_heap.t_xmin })
-    {
+    if infomask & xmin_frozen == xmin_frozen {
+        // frozen: visible to every snapshot
+    } else if infomask & pg_sys::HEAP_XMIN_INVALID != 0 {
         return false;
+    } else {
+        // SAFETY: as above; a heap tuple's header holds its xmin.
+        let xmin = unsafe { (*tup).t_choice.t_heap.t_xmin };
+        let hinted = infomask & pg_sys::HEAP_XMIN_COMMITTED != 0;
+        // SAFETY: as above.
+        let in_snapshot = unsafe { pg_sys::XidInMVCCSnapshot(xmin, snapshot) };
+        if in_snapshot || !(hinted || committed_before(xmin)) {
+            return false;
+        }
     }
     if infomask & pg_sys::HEAP_XMAX_INVALID != 0 {
         return true;
@@ -233,9 +246,6 @@ unsafe fn live_now(tup: pg_sys::HeapTupleHeader) -> bool {
     if lock_only {
         return true;
     }
-    if infomask & pg_sys::HEAP_XMAX_COMMITTED != 0 {
-        return false;
-    }
     let xmax = if infomask & pg_sys::HEAP_XMAX_IS_MULTI != 0 {
         // SAFETY: a valid header whose xmax is a MultiXactId, which this
         // looks up without changing anything.
@@ -244,5 +254,10 @@ unsafe fn live_now(tup: pg_sys::HeapTupleHeader) -> bool {
         // SAFETY: as above; a heap tuple's header holds its xmax.
         unsafe { (*tup).t_choice.t_heap.t_xmax }
     };
-    !committed(xmax)
+    if infomask & pg_sys::HEAP_XMAX_COMMITTED != 0 {
+        // Deleted, unless the snapshot still sees the deleter running.
+        // SAFETY: as above.
+        return unsafe { pg_sys::XidInMVCCSnapshot(xmax, snapshot) };
+    }
+    !committed_before(xmax)
 }

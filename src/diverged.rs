@@ -17,14 +17,14 @@
 //! rewritten on one side (VACUUM FULL, TRUNCATE, ALTER TABLE … TYPE) gets
 //! a new file, all of which then differs.
 //!
-//! Locks: AccessShareLock on both database objects, to commit, so DROP
-//! DATABASE, RENAME, SET TABLESPACE and conversion wait and the two
-//! directories stay put; nothing else waits. Both databases' dirty shared
+//! Locks: AccessShareLock on both database objects while it reads, so
+//! DROP DATABASE, RENAME, SET TABLESPACE and conversion wait and the two
+//! directories stay put; nothing else waits. Released before it returns. Both databases' dirty shared
 //! buffers are written out first (FlushDatabaseBuffers, as a checkpoint
 //! would), so changes not yet checkpointed count; that writes pages that
 //! are already WAL-logged, and changes no data. The catalogs are read as
-//! doctor() reads them, from private copies of their pages: concurrent DDL
-//! may make the answer slightly stale, never wrong about committed data.
+//! doctor() reads them, from private copies of their pages, each as of one
+//! snapshot (catalog_pages.rs): DDL that commits meanwhile is not seen.
 
 use crate::catalog;
 use crate::catalog_pages::{self, Class, Visibility};
@@ -70,6 +70,15 @@ pub fn diverged(branch: &str) -> Vec<Row> {
             format!("database \"{branch}\" does not exist"),
         )
     });
+    // SAFETY: a syscache lookup by OID, released before it returns.
+    if unsafe { pg_sys::database_is_invalid_oid(db.oid) } {
+        Report::new(
+            PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            format!("cannot compare invalid database \"{branch}\""),
+        )
+        .hint("Use DROP DATABASE to drop invalid databases.")
+        .error();
+    }
     let Some(record) = registry::read(db.oid) else {
         Report::new(
             PgSqlErrorCode::ERRCODE_WRONG_OBJECT_TYPE,
@@ -118,12 +127,14 @@ pub fn diverged(branch: &str) -> Vec<Row> {
     let p = Side::read(parent.oid, parent.tablespace);
     let mut rows = Vec::new();
     for (oid, class) in &b.classes {
+        check_for_interrupts!();
         match p.classes.get(oid) {
             Some(pclass) => compare(&b, class, &p, pclass, &mut rows),
             None => one_side(&b, class, "only in branch", &mut rows),
         }
     }
     for (oid, class) in &p.classes {
+        check_for_interrupts!();
         if !b.classes.contains_key(oid) {
             one_side(&p, class, "only in parent", &mut rows);
         }
@@ -133,8 +144,19 @@ pub fn diverged(branch: &str) -> Vec<Row> {
             .iter()
             .position(|x| Some(*x) == f)
     };
-    rows.sort_by(|x, y| (&x.relation, fork_rank(x.fork)).cmp(&(&y.relation, fork_rank(y.fork))));
+    rows.sort_by(|x, y| {
+        (&x.relation, fork_rank(x.fork), x.status).cmp(&(&y.relation, fork_rank(y.fork), y.status))
+    });
+    // Everything is read: DROP, RENAME and conversion of either database
+    // need not wait for the rest of the caller's transaction.
+    unlock(db.oid, lockmode);
+    unlock(parent.oid, lockmode);
     rows
+}
+
+fn unlock(db: Oid, lockmode: pg_sys::LOCKMODE) {
+    // SAFETY: releases a lock this statement took on the database object.
+    unsafe { pg_sys::UnlockSharedObject(pg_sys::DatabaseRelationId, db, 0, lockmode) }
 }
 
 /// Rows for a relation on both sides: each fork whose extents differ.
@@ -203,10 +225,15 @@ impl Side {
         let mut files: HashMap<(Oid, Oid), BTreeMap<&'static str, Vec<PathBuf>>> = HashMap::new();
         for ts in catalog::tablespaces() {
             let dir = ffi::database_path(oid, ts);
-            let Ok(entries) = std::fs::read_dir(&dir) else {
-                continue;
+            let entries = match std::fs::read_dir(&dir) {
+                Ok(entries) => entries,
+                // No files of this database in that tablespace.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => dir_error(&dir, e),
             };
-            for entry in entries.flatten() {
+            for entry in entries {
+                check_for_interrupts!();
+                let entry = entry.unwrap_or_else(|e| dir_error(&dir, e));
                 let name = entry.file_name();
                 let Some((filenode, fork)) = name.to_str().and_then(relation_file_name) else {
                     continue;
@@ -276,22 +303,41 @@ fn extents(paths: &[PathBuf]) -> Extents {
     })
 }
 
+/// The ERROR for a database directory that cannot be listed.
+fn dir_error(dir: &std::path::Path, e: std::io::Error) -> ! {
+    error::error(
+        error::file_error_code(e.raw_os_error()),
+        format!(
+            "could not open directory \"{}\": {}",
+            dir.display(),
+            errno_text(&e)
+        ),
+    )
+}
+
 /// Lock the database whose OID is `oid` with `lockmode` and return its row,
-/// or `None` if there is none.
+/// or `None` if there is none (the lock is then released).
 fn lock_by_oid(oid: Oid, lockmode: pg_sys::LOCKMODE) -> Option<catalog::DatabaseRow> {
     if oid == pg_sys::InvalidOid {
         return None;
     }
+    // SAFETY: locks a shared object by OID, released at commit or by
+    // unlock(); taking it processes invalidations, so the lookup below
+    // sees every DROP and RENAME committed before we hold it, and none
+    // can commit while we do.
+    unsafe { pg_sys::LockSharedObject(pg_sys::DatabaseRelationId, oid, 0, lockmode) };
     // SAFETY: a syscache lookup by OID; NULL if there is no such database,
     // else a palloc'd name.
     let name = unsafe { pg_sys::get_database_name(oid) };
-    if name.is_null() {
-        return None;
+    let row = (!name.is_null())
+        // SAFETY: non-NULL, so a NUL-terminated name.
+        .then(|| unsafe { CStr::from_ptr(name) }.to_owned())
+        .and_then(|name| catalog::lock_database(&name, pg_sys::NoLock as _))
+        .filter(|row| row.oid == oid);
+    if row.is_none() {
+        unlock(oid, lockmode);
     }
-    // SAFETY: non-NULL, so a NUL-terminated name.
-    let name = unsafe { CStr::from_ptr(name) }.to_owned();
-    // Renamed or dropped meanwhile: lock_database re-reads under the lock.
-    catalog::lock_database(&name, lockmode).filter(|row| row.oid == oid)
+    row
 }
 
 fn has_storage(kind: u8) -> bool {

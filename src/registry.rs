@@ -216,28 +216,45 @@ pub struct Stored {
 }
 
 /// Every label as stored ([`labels`]), by OID, with its database's name.
+/// A label whose database is not found is read again with a new catalog
+/// snapshot before it is reported without one: a DROP DATABASE that
+/// commits between the scan and the name lookup deletes both.
 pub fn stored() -> Vec<Stored> {
     // SAFETY: reads the current transaction's start (now()).
     let now = timestamp_text(unsafe { pg_sys::GetCurrentTransactionStartTimestamp() });
-    labels()
+    let mut out: Vec<Stored> = labels()
         .into_iter()
-        .map(|(db, label)| {
-            // SAFETY: a syscache lookup by OID: NULL if there is no such
-            // database, else a palloc'd NUL-terminated name.
-            let name = unsafe { pg_sys::get_database_name(db) };
-            Stored {
-                db,
-                // SAFETY: non-NULL, so a NUL-terminated string.
-                name: (!name.is_null()).then(|| {
-                    unsafe { CStr::from_ptr(name) }
-                        .to_string_lossy()
-                        .into_owned()
-                }),
-                expired_at: expired_at(&label, &now),
-                label,
-            }
+        .map(|(db, label)| Stored {
+            db,
+            name: database_name(db),
+            expired_at: expired_at(&label, &now),
+            label,
         })
-        .collect()
+        .collect();
+    if out.iter().any(|s| s.name.is_none()) {
+        // SAFETY: drops this transaction's catalog snapshot; the next
+        // catalog scan takes a new one.
+        unsafe { pg_sys::InvalidateCatalogSnapshot() };
+        let again = labels();
+        out.retain(|s| {
+            s.name.is_some()
+                || (again.iter().any(|(db, _)| *db == s.db) && database_name(s.db).is_none())
+        });
+    }
+    out
+}
+
+/// The name of database `db`, if there is one.
+fn database_name(db: Oid) -> Option<String> {
+    // SAFETY: a syscache lookup by OID: NULL if there is no such database,
+    // else a palloc'd NUL-terminated name.
+    let name = unsafe { pg_sys::get_database_name(db) };
+    // SAFETY: non-NULL, so a NUL-terminated string.
+    (!name.is_null()).then(|| {
+        unsafe { CStr::from_ptr(name) }
+            .to_string_lossy()
+            .into_owned()
+    })
 }
 
 /// When a record says its branch expires, if that is at or before `now`

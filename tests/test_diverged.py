@@ -130,6 +130,21 @@ def test_diverged_lists_exactly_what_was_written(cluster):
     with pytest.raises(psycopg.errors.InvalidCatalogName, match='database "dv_nope" does not exist'):
         c.sql(DIVERGED, params=("dv_nope",))
 
+    # diverged() holds no lock once it has returned: a DROP of either
+    # database from another session does not wait for this transaction.
+    with c.connect(autocommit=False) as reader:
+        reader.execute(DIVERGED, ("dv_b",)).fetchall()
+        with c.connect() as other:
+            # Before the fix it waited here for the reader's locks.
+            other.execute("SET lock_timeout = '10s'")
+            other.execute("ALTER DATABASE dv_app RENAME TO dv_app_renamed")
+            other.execute("ALTER DATABASE dv_app_renamed RENAME TO dv_app")
+    # An invalid branch (an interrupted DROP DATABASE) is refused.
+    c.sql("UPDATE pg_database SET datconnlimit = -2 WHERE datname = 'dv_b'")
+    with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState, match='cannot compare invalid database "dv_b"'):
+        c.sql(DIVERGED, params=("dv_b",))
+    c.sql("UPDATE pg_database SET datconnlimit = -1 WHERE datname = 'dv_b'")
+
     # The parent dropped: said plainly, with what to use instead. Half
     # dropped (invalid, as an interrupted DROP DATABASE leaves it) counts.
     c.sql("UPDATE pg_database SET datconnlimit = -2 WHERE datname = 'dv_app'")
