@@ -298,7 +298,7 @@ fn branch_size(
         if !path.is_dir() {
             continue;
         }
-        let u = usage(&path).unwrap_or_else(|e| extents_error(&path, e));
+        let u = usage(&path).unwrap_or_else(|e| error::extents_error(&path, e));
         out.push((
             catalog::tablespace_name(ts),
             path.display().to_string(),
@@ -338,12 +338,12 @@ fn cluster_size() -> TableIterator<
         .collect();
     let (mut files, mut database_bytes) = (0u64, 0u64);
     for dir in &dirs {
-        let u = usage(dir).unwrap_or_else(|e| extents_error(dir, e));
+        let u = usage(dir).unwrap_or_else(|e| error::extents_error(dir, e));
         files += u.files;
         database_bytes += u.exclusive_bytes + u.shared_bytes;
     }
-    let disk_bytes =
-        referenced_bytes(&dirs).unwrap_or_else(|e| extents_error(std::path::Path::new("base"), e));
+    let disk_bytes = referenced_bytes(&dirs)
+        .unwrap_or_else(|e| error::extents_error(std::path::Path::new("base"), e));
     TableIterator::new(std::iter::once((
         dbs.len() as i64,
         files as i64,
@@ -385,18 +385,6 @@ fn diverged(
             r.diverged_bytes,
         )
     }))
-}
-
-/// The ERROR of branch_size() and cluster_size() when FIEMAP fails.
-fn extents_error(path: &std::path::Path, e: std::io::Error) -> ! {
-    error::error(
-        error::file_error_code(e.raw_os_error()),
-        format!(
-            "could not read the extents of \"{}\": {}",
-            path.display(),
-            errno_text(&e)
-        ),
-    )
 }
 
 /// Check the set-up: one row per check, with its status (`ok`, `info`,

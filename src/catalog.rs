@@ -135,6 +135,25 @@ fn read_row(oid: Oid) -> Option<(CString, DatabaseRow)> {
     Some((name, row))
 }
 
+/// Release the lock [`lock_database`] took on database `db`.
+pub fn unlock_database(db: Oid, lockmode: pg_sys::LOCKMODE) {
+    // SAFETY: releases a lock this backend holds on the database object.
+    unsafe { pg_sys::UnlockSharedObject(pg_sys::DatabaseRelationId, db, 0, lockmode) }
+}
+
+/// The name of database `db`, if there is one.
+pub fn database_name(db: Oid) -> Option<String> {
+    // SAFETY: a syscache lookup by OID: NULL if there is no such database,
+    // else a palloc'd NUL-terminated name.
+    let name = unsafe { pg_sys::get_database_name(db) };
+    // SAFETY: non-NULL, so a NUL-terminated string.
+    (!name.is_null()).then(|| {
+        unsafe { CStr::from_ptr(name) }
+            .to_string_lossy()
+            .into_owned()
+    })
+}
+
 /// One database, as the SQL API and doctor() list them.
 pub struct Database {
     pub oid: Oid,

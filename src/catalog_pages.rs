@@ -82,11 +82,7 @@ pub fn namespaces(db: Oid, tablespace: Oid, classes: &[Class]) -> Vec<(Oid, Stri
     else {
         return Vec::new();
     };
-    let filenode = if class.filenode == pg_sys::InvalidOid {
-        mapped_filenode(db, tablespace, class.oid)
-    } else {
-        class.filenode
-    };
+    let filenode = file_of(class, db, tablespace);
     let mut out = Vec::new();
     let table = pg_sys::NamespaceRelationId;
     scan(
@@ -105,9 +101,20 @@ pub fn namespaces(db: Oid, tablespace: Oid, classes: &[Class]) -> Vec<(Oid, Stri
     out
 }
 
+/// The file of relation `class` (which has storage) of database `db`: its
+/// `relfilenode`, or for a mapped catalog (0 there) the one its
+/// database's `pg_filenode.map` names.
+pub fn file_of(class: &Class, db: Oid, tablespace: Oid) -> Oid {
+    if class.filenode == pg_sys::InvalidOid {
+        mapped_filenode(db, tablespace, class.oid)
+    } else {
+        class.filenode
+    }
+}
+
 /// The file of mapped catalog `rel` of database `db`, from the database's
 /// `pg_filenode.map`.
-pub fn mapped_filenode(db: Oid, tablespace: Oid, rel: Oid) -> Oid {
+fn mapped_filenode(db: Oid, tablespace: Oid, rel: Oid) -> Oid {
     // SAFETY: GetDatabasePath returns a palloc'd path of the directory,
     // whose map file relation_map_filenode reads (ERROR if it cannot).
     unsafe { ffi::relation_map_filenode(pg_sys::GetDatabasePath(db, tablespace), rel) }

@@ -81,12 +81,8 @@ pub fn database(name: &CStr) -> Result<Vec<DirResult>, Skipped> {
             hint: None,
         });
     };
-    let unlock = || {
-        // SAFETY: releases the lock lock_database took.
-        unsafe { pg_sys::UnlockSharedObject(pg_sys::DatabaseRelationId, db.oid, 0, lockmode) }
-    };
     let result = convert_locked(db.oid, name);
-    unlock();
+    catalog::unlock_database(db.oid, lockmode);
     result
 }
 

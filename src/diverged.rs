@@ -149,14 +149,9 @@ pub fn diverged(branch: &str) -> Vec<Row> {
     });
     // Everything is read: DROP, RENAME and conversion of either database
     // need not wait for the rest of the caller's transaction.
-    unlock(db.oid, lockmode);
-    unlock(parent.oid, lockmode);
+    catalog::unlock_database(db.oid, lockmode);
+    catalog::unlock_database(parent.oid, lockmode);
     rows
-}
-
-fn unlock(db: Oid, lockmode: pg_sys::LOCKMODE) {
-    // SAFETY: releases a lock this statement took on the database object.
-    unsafe { pg_sys::UnlockSharedObject(pg_sys::DatabaseRelationId, db, 0, lockmode) }
 }
 
 /// Rows for a relation on both sides: each fork whose extents differ.
@@ -206,7 +201,7 @@ fn one_side(side: &Side, class: &Class, status: &'static str, rows: &mut Vec<Row
     if forks.is_empty() {
         push(None, 0);
     }
-    for (fork, paths) in &forks {
+    for (fork, paths) in forks {
         push(Some(*fork), extents(paths).bytes as i64);
     }
 }
@@ -256,20 +251,18 @@ impl Side {
     }
 
     /// The files of relation `class`, by fork; none if it has no storage.
-    fn forks(&self, class: &Class) -> BTreeMap<&'static str, Vec<PathBuf>> {
+    fn forks(&self, class: &Class) -> &BTreeMap<&'static str, Vec<PathBuf>> {
+        static NONE: BTreeMap<&str, Vec<PathBuf>> = BTreeMap::new();
+        if !has_storage(class.kind) {
+            return &NONE;
+        }
         let ts = if class.tablespace == pg_sys::InvalidOid {
             self.tablespace
         } else {
             class.tablespace
         };
-        let filenode = if class.filenode != pg_sys::InvalidOid {
-            class.filenode
-        } else if has_storage(class.kind) {
-            catalog_pages::mapped_filenode(self.oid, self.tablespace, class.oid)
-        } else {
-            return BTreeMap::new();
-        };
-        self.files.get(&(ts, filenode)).cloned().unwrap_or_default()
+        let file = catalog_pages::file_of(class, self.oid, self.tablespace);
+        self.files.get(&(ts, file)).unwrap_or(&NONE)
     }
 
     fn qualified_name(&self, class: &Class) -> String {
@@ -289,17 +282,10 @@ impl Side {
 /// The extents of some files; ERROR if FIEMAP fails.
 fn extents(paths: &[PathBuf]) -> Extents {
     Extents::of_files(paths).unwrap_or_else(|e| {
-        error::error(
-            error::file_error_code(e.raw_os_error()),
-            format!(
-                "could not read the extents of \"{}\": {}",
-                paths
-                    .first()
-                    .map(|p| p.display().to_string())
-                    .unwrap_or_default(),
-                errno_text(&e)
-            ),
-        )
+        let first = paths
+            .first()
+            .map_or(std::path::Path::new(""), |p| p.as_path());
+        error::extents_error(first, e)
     })
 }
 
@@ -326,16 +312,12 @@ fn lock_by_oid(oid: Oid, lockmode: pg_sys::LOCKMODE) -> Option<catalog::Database
     // sees every DROP and RENAME committed before we hold it, and none
     // can commit while we do.
     unsafe { pg_sys::LockSharedObject(pg_sys::DatabaseRelationId, oid, 0, lockmode) };
-    // SAFETY: a syscache lookup by OID; NULL if there is no such database,
-    // else a palloc'd name.
-    let name = unsafe { pg_sys::get_database_name(oid) };
-    let row = (!name.is_null())
-        // SAFETY: non-NULL, so a NUL-terminated name.
-        .then(|| unsafe { CStr::from_ptr(name) }.to_owned())
+    let row = catalog::database_name(oid)
+        .and_then(|name| CString::new(name).ok())
         .and_then(|name| catalog::lock_database(&name, pg_sys::NoLock as _))
         .filter(|row| row.oid == oid);
     if row.is_none() {
-        unlock(oid, lockmode);
+        catalog::unlock_database(oid, lockmode);
     }
     row
 }

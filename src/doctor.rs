@@ -285,7 +285,7 @@ fn databases() -> (Vec<Check>, Option<(String, usize)>) {
         // Re-checked under the lock: a DROP DATABASE that failed or was
         // interrupted leaves the database invalid, its files partly gone.
         if is_invalid(db.oid) {
-            unlock_database(db.oid, lockmode);
+            catalog::unlock_database(db.oid, lockmode);
             out.push(invalid_check());
             continue;
         }
@@ -323,14 +323,9 @@ fn databases() -> (Vec<Check>, Option<(String, usize)>) {
         if largest.as_ref().is_none_or(|(_, m)| n > *m) {
             largest = Some((name, n));
         }
-        unlock_database(db.oid, lockmode);
+        catalog::unlock_database(db.oid, lockmode);
     }
     (out, largest)
-}
-
-fn unlock_database(db: Oid, lockmode: pg_sys::LOCKMODE) {
-    // SAFETY: releases the lock catalog::lock_database took.
-    unsafe { pg_sys::UnlockSharedObject(pg_sys::DatabaseRelationId, db, 0, lockmode) }
 }
 
 /// Whether database `db` is marked invalid (`datconnlimit` = -2, left by

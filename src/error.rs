@@ -145,6 +145,18 @@ pub fn error(code: PgSqlErrorCode, message: impl Into<String>) -> ! {
     Report::new(code, message).error()
 }
 
+/// The ERROR when FIEMAP cannot map the extents of `path`.
+pub fn extents_error(path: &std::path::Path, e: std::io::Error) -> ! {
+    error(
+        file_error_code(e.raw_os_error()),
+        format!(
+            "could not read the extents of \"{}\": {}",
+            path.display(),
+            pg_branch_storage::errno_text(&e)
+        ),
+    )
+}
+
 /// The SQLSTATE of a failed file operation, as core's
 /// `errcode_for_file_access()` classifies errno.
 pub fn file_error_code(errno: Option<i32>) -> PgSqlErrorCode {

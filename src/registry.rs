@@ -226,7 +226,7 @@ pub fn stored() -> Vec<Stored> {
         .into_iter()
         .map(|(db, label)| Stored {
             db,
-            name: database_name(db),
+            name: crate::catalog::database_name(db),
             expired_at: expired_at(&label, &now),
             label,
         })
@@ -238,23 +238,11 @@ pub fn stored() -> Vec<Stored> {
         let again = labels();
         out.retain(|s| {
             s.name.is_some()
-                || (again.iter().any(|(db, _)| *db == s.db) && database_name(s.db).is_none())
+                || (again.iter().any(|(db, _)| *db == s.db)
+                    && crate::catalog::database_name(s.db).is_none())
         });
     }
     out
-}
-
-/// The name of database `db`, if there is one.
-fn database_name(db: Oid) -> Option<String> {
-    // SAFETY: a syscache lookup by OID: NULL if there is no such database,
-    // else a palloc'd NUL-terminated name.
-    let name = unsafe { pg_sys::get_database_name(db) };
-    // SAFETY: non-NULL, so a NUL-terminated string.
-    (!name.is_null()).then(|| {
-        unsafe { CStr::from_ptr(name) }
-            .to_string_lossy()
-            .into_owned()
-    })
 }
 
 /// When a record says its branch expires, if that is at or before `now`

@@ -164,16 +164,20 @@ pub fn referenced_bytes<P: AsRef<Path>>(dirs: &[P]) -> io::Result<u64> {
             data_extents(f, |e| ranges.push((e.physical, e.physical + e.length)))
         })?;
     }
+    Ok(merge(&mut ranges).iter().map(|(from, to)| to - from).sum())
+}
+
+/// Sort `ranges` and return them with overlapping ones merged: their union.
+fn merge(ranges: &mut [(u64, u64)]) -> Vec<(u64, u64)> {
     ranges.sort_unstable();
-    let (mut total, mut end) = (0u64, 0u64);
-    for (from, to) in ranges {
-        let from = from.max(end);
-        if to > from {
-            total += to - from;
-            end = to;
+    let mut merged: Vec<(u64, u64)> = Vec::with_capacity(ranges.len());
+    for &(from, to) in ranges.iter() {
+        match merged.last_mut() {
+            Some(last) if from <= last.1 => last.1 = last.1.max(to),
+            _ => merged.push((from, to)),
         }
     }
-    Ok(total)
+    merged
 }
 
 /// Where the data of some files (the segments of one relation fork) lies
@@ -240,28 +244,9 @@ impl Extents {
             })?;
         }
         out.encoded.sort_unstable();
-        let plain = Extents::from_ranges(ranges);
-        out.ranges = plain.ranges;
-        out.merged = plain.merged;
+        out.merged = merge(&mut ranges);
+        out.ranges = ranges;
         Ok(out)
-    }
-
-    fn from_ranges(mut ranges: Vec<(u64, u64)>) -> Extents {
-        ranges.sort_unstable();
-        let bytes = ranges.iter().map(|(a, b)| b - a).sum();
-        let mut merged: Vec<(u64, u64)> = Vec::with_capacity(ranges.len());
-        for &(from, to) in &ranges {
-            match merged.last_mut() {
-                Some(last) if from <= last.1 => last.1 = last.1.max(to),
-                _ => merged.push((from, to)),
-            }
-        }
-        Extents {
-            ranges,
-            merged,
-            bytes,
-            ..Extents::default()
-        }
     }
 
     /// The bytes of these extents that lie outside every extent of
@@ -300,7 +285,19 @@ impl Extents {
 
 #[cfg(test)]
 mod tests {
-    use super::Extents;
+    use super::{merge, Extents};
+
+    impl Extents {
+        fn from_ranges(mut ranges: Vec<(u64, u64)>) -> Extents {
+            let merged = merge(&mut ranges);
+            Extents {
+                bytes: ranges.iter().map(|(a, b)| b - a).sum(),
+                ranges,
+                merged,
+                ..Extents::default()
+            }
+        }
+    }
 
     #[test]
     fn bytes_not_in_subtracts_physical_ranges() {
