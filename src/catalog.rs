@@ -72,7 +72,7 @@ pub fn lock_database(name: &CStr, lockmode: pg_sys::LOCKMODE) -> Option<Database
             if lockmode != pg_sys::NoLock as pg_sys::LOCKMODE {
                 pg_sys::LockSharedObject(pg_sys::DatabaseRelationId, oid, 0, lockmode);
             }
-            if let Some(row) = read_row(oid).filter(|r| r.0.as_c_str() == name) {
+            if let Some(row) = database_row(oid).filter(|r| r.0.as_c_str() == name) {
                 found = Some(row.1);
                 break;
             }
@@ -86,8 +86,9 @@ pub fn lock_database(name: &CStr, lockmode: pg_sys::LOCKMODE) -> Option<Database
     }
 }
 
-/// (name, row) of database `oid` from the syscache.
-fn read_row(oid: Oid) -> Option<(CString, DatabaseRow)> {
+/// (name, row) of database `oid` from the syscache, or `None` if there is
+/// no such database.
+pub fn database_row(oid: Oid) -> Option<(CString, DatabaseRow)> {
     let cache = pg_sys::SysCacheIdentifier::DATABASEOID as i32;
     // SAFETY: a syscache lookup by OID; the entry is released below.
     let tuple = unsafe { pg_sys::SearchSysCache1(cache, pg_sys::Datum::from(oid)) };
@@ -133,6 +134,32 @@ fn read_row(oid: Oid) -> Option<(CString, DatabaseRow)> {
     // SAFETY: releases the entry found above; `form` is not used after.
     unsafe { pg_sys::ReleaseSysCache(tuple) };
     Some((name, row))
+}
+
+/// Take `lockmode` on database `oid` and return its (name, row), read once
+/// the lock is held; `None`, holding no lock, if there is no such database
+/// (any more). Taking the lock processes invalidations, so the row read
+/// after it reflects every DROP and RENAME committed before we hold it, and
+/// none that conflicts with `lockmode` can commit while we do. The caller
+/// that cares about the name (it may have been renamed since the OID was
+/// read) compares it.
+pub fn lock_database_oid(oid: Oid, lockmode: pg_sys::LOCKMODE) -> Option<(CString, DatabaseRow)> {
+    if oid == pg_sys::InvalidOid {
+        return None;
+    }
+    // SAFETY: locks a shared object by OID, released at commit or by
+    // unlock_database(); then drops this transaction's catalog snapshot, so
+    // that catalog scans after this one (a registry read) see every change
+    // committed before we held the lock.
+    unsafe {
+        pg_sys::LockSharedObject(pg_sys::DatabaseRelationId, oid, 0, lockmode);
+        pg_sys::InvalidateCatalogSnapshot();
+    }
+    let row = database_row(oid);
+    if row.is_none() {
+        unlock_database(oid, lockmode);
+    }
+    row
 }
 
 /// Release the lock [`lock_database`] took on database `db`.

@@ -99,7 +99,8 @@ pub fn diverged(branch: &str) -> Vec<Row> {
     // A parent that a DROP DATABASE interrupted half-way (invalid) has lost
     // some of its files: as good as dropped.
     // SAFETY: a syscache lookup by OID, released before it returns.
-    let parent = lock_by_oid(parent_oid, lockmode)
+    let parent = catalog::lock_database_oid(parent_oid, lockmode)
+        .map(|(_, row)| row)
         .filter(|p| !unsafe { pg_sys::database_is_invalid_oid(p.oid) });
     let Some(parent) = parent else {
         Report::new(
@@ -299,27 +300,6 @@ fn dir_error(dir: &std::path::Path, e: std::io::Error) -> ! {
             errno_text(&e)
         ),
     )
-}
-
-/// Lock the database whose OID is `oid` with `lockmode` and return its row,
-/// or `None` if there is none (the lock is then released).
-fn lock_by_oid(oid: Oid, lockmode: pg_sys::LOCKMODE) -> Option<catalog::DatabaseRow> {
-    if oid == pg_sys::InvalidOid {
-        return None;
-    }
-    // SAFETY: locks a shared object by OID, released at commit or by
-    // unlock(); taking it processes invalidations, so the lookup below
-    // sees every DROP and RENAME committed before we hold it, and none
-    // can commit while we do.
-    unsafe { pg_sys::LockSharedObject(pg_sys::DatabaseRelationId, oid, 0, lockmode) };
-    let row = catalog::database_name(oid)
-        .and_then(|name| CString::new(name).ok())
-        .and_then(|name| catalog::lock_database(&name, pg_sys::NoLock as _))
-        .filter(|row| row.oid == oid);
-    if row.is_none() {
-        catalog::unlock_database(oid, lockmode);
-    }
-    row
 }
 
 fn has_storage(kind: u8) -> bool {

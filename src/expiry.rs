@@ -33,6 +33,7 @@
 //! ShareUpdateExclusiveLock) is seen, and a database renamed or dropped in
 //! between is not dropped by its old name.
 
+use crate::catalog;
 use crate::gucs;
 use crate::registry;
 use pgrx::bgworkers::{
@@ -41,7 +42,7 @@ use pgrx::bgworkers::{
 use pgrx::pg_sys::{self, Oid};
 use pgrx::prelude::*;
 use serde_json::Value;
-use std::ffi::{CStr, CString};
+use std::ffi::CString;
 use std::time::Duration;
 
 /// What `pg_stat_activity.backend_type` shows for the worker, and for
@@ -226,21 +227,22 @@ fn expired() -> Vec<Expired> {
         if at > now.as_str() {
             continue;
         }
-        let Some((name, is_template)) = database(*db) else {
+        let Some((name, row)) = catalog::database_row(*db) else {
             continue;
         };
         let children = records
             .iter()
             .zip(&parents)
             .filter(|(_, p)| **p == *db)
-            .filter_map(|((child, _), _)| database(*child).map(|(n, _)| n))
+            .filter_map(|((child, _), _)| catalog::database_row(*child))
+            .map(|(n, _)| n.to_string_lossy().into_owned())
             .collect();
         out.push(Expired {
             db: *db,
-            name,
+            name: name.to_string_lossy().into_owned(),
             expires_at: at.to_string(),
             children,
-            is_template,
+            is_template: row.is_template,
         });
     }
     out
@@ -249,18 +251,10 @@ fn expired() -> Vec<Expired> {
 /// Drop `e` if it is still the database of that name and still expired,
 /// under AccessExclusiveLock (module comment). Whether it was dropped.
 fn drop_if_still_expired(e: &Expired) -> bool {
-    // SAFETY: locks a shared object by OID until the end of the
-    // transaction, as dropdb() itself does next.
-    unsafe {
-        pg_sys::LockSharedObject(
-            pg_sys::DatabaseRelationId,
-            e.db,
-            0,
-            pg_sys::AccessExclusiveLock as _,
-        );
-        pg_sys::InvalidateCatalogSnapshot();
-    }
-    if database(e.db).map(|(n, _)| n) != Some(e.name.clone()) {
+    // Held until the end of the transaction, as dropdb() itself takes it
+    // next.
+    let locked = catalog::lock_database_oid(e.db, pg_sys::AccessExclusiveLock as _);
+    if locked.map(|(n, _)| n.to_string_lossy().into_owned()) != Some(e.name.clone()) {
         return false;
     }
     // SAFETY: reads the transaction's start time.
@@ -277,26 +271,6 @@ fn drop_if_still_expired(e: &Expired) -> bool {
     // sessions first, as the statement does.
     unsafe { pg_sys::dropdb(name.as_ptr(), true, true) };
     true
-}
-
-/// The name of database `db` and whether it is a template, if it exists.
-fn database(db: Oid) -> Option<(String, bool)> {
-    // SAFETY: a syscache lookup by OID, released before return; the
-    // struct is read while the tuple is held.
-    unsafe {
-        let tuple =
-            pg_sys::SearchSysCache1(pg_sys::SysCacheIdentifier::DATABASEOID as i32, db.into());
-        if tuple.is_null() {
-            return None;
-        }
-        let form = pg_sys::heap_tuple_get_struct::<pg_sys::FormData_pg_database>(tuple);
-        let name = CStr::from_ptr((*form).datname.data.as_ptr())
-            .to_string_lossy()
-            .into_owned();
-        let is_template = (*form).datistemplate;
-        pg_sys::ReleaseSysCache(tuple);
-        Some((name, is_template))
-    }
 }
 
 fn log(message: String) {

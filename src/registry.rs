@@ -29,6 +29,7 @@
 //! record is rewritten, so an older pg_branch does not drop what a newer
 //! one wrote.
 
+use crate::catalog;
 use crate::error::{error, Report};
 use pgrx::pg_sys::{self, Oid};
 use pgrx::prelude::*;
@@ -341,34 +342,16 @@ pub fn lock_for_update(name: &str) -> Oid {
             "database name contains a NUL byte",
         )
     });
-    loop {
-        // SAFETY: a NUL-terminated name; raises core's 3D000 if absent.
-        let db = unsafe { pg_sys::get_database_oid(c.as_ptr(), false) };
-        // SAFETY: locks a shared object by OID, released at commit.
-        unsafe {
-            pg_sys::LockSharedObject(
-                pg_sys::DatabaseRelationId,
-                db,
-                0,
-                pg_sys::ShareUpdateExclusiveLock as _,
+    // As core's get_object_address(): the name may go, or move to another
+    // database, while we wait for the lock; lock_database() looks again.
+    catalog::lock_database(&c, pg_sys::ShareUpdateExclusiveLock as _)
+        .map(|row| row.oid)
+        .unwrap_or_else(|| {
+            error(
+                PgSqlErrorCode::ERRCODE_INVALID_CATALOG_NAME,
+                format!("database \"{name}\" does not exist"),
             )
-        };
-        // As core's get_object_address(): the name may have gone or moved
-        // to another database while we waited for the lock.
-        // SAFETY: as above, missing_ok.
-        if unsafe { pg_sys::get_database_oid(c.as_ptr(), true) } == db {
-            return db;
-        }
-        // SAFETY: releases the lock just taken.
-        unsafe {
-            pg_sys::UnlockSharedObject(
-                pg_sys::DatabaseRelationId,
-                db,
-                0,
-                pg_sys::ShareUpdateExclusiveLock as _,
-            )
-        };
-    }
+        })
 }
 
 #[cfg(test)]
