@@ -5,9 +5,8 @@
 use crate::btrfs;
 use crate::clone::reflink_files;
 use crate::error::Error;
-use crate::fsutil::{dir_mode, fsync_path, parent_of, remove_dir};
+use crate::fsutil::{dir_mode, exchange_dirs, fsync_path, parent_of, remove_dir};
 use crate::names::CONVERT_SUFFIX;
-use nix::fcntl::{renameat2, RenameFlags, AT_FDCWD};
 use std::fs;
 use std::io;
 use std::path::Path;
@@ -71,7 +70,8 @@ pub fn convert_to_subvolume(dir: &Path) -> Result<Converted, Error> {
     btrfs::create_subvolume(&tmp, mode).map_err(Error::at("create subvolume", &tmp))?;
     let swapped = reflink_files(dir, &tmp, &mut 0).and_then(|files| {
         fsync_path(&tmp)?;
-        exchange(dir, &tmp)?;
+        exchange_dirs(dir, &tmp)
+            .map_err(|e| Error::at("swap in the subvolume built for", dir)(e))?;
         Ok(files)
     });
     let files = match swapped {
@@ -92,10 +92,4 @@ pub fn convert_to_subvolume(dir: &Path) -> Result<Converted, Error> {
         Ok(()) => remove_dir(&tmp).map_err(Error::at("remove", &tmp)).err(),
     };
     Ok(Converted::Converted { files, left_behind })
-}
-
-/// Atomically swap the directory entries `a` and `b` (same parent).
-fn exchange(a: &Path, b: &Path) -> Result<(), Error> {
-    renameat2(AT_FDCWD, a, AT_FDCWD, b, RenameFlags::RENAME_EXCHANGE)
-        .map_err(|e| Error::at("swap in the subvolume built for", a)(e.into()))
 }

@@ -64,3 +64,17 @@ pub(crate) fn fsync_path(path: &Path) -> Result<(), Error> {
         .and_then(|f| f.sync_all())
         .map_err(Error::at("fsync", path))
 }
+
+/// Atomically swap the directory entries `a` and `b` (same filesystem) in
+/// one `renameat2(RENAME_EXCHANGE)`: each name names a complete directory
+/// at every instant. The caller makes the parent durable.
+pub fn exchange_dirs(a: &Path, b: &Path) -> io::Result<()> {
+    use nix::fcntl::{renameat2, RenameFlags, AT_FDCWD};
+    Ok(renameat2(
+        AT_FDCWD,
+        a,
+        AT_FDCWD,
+        b,
+        RenameFlags::RENAME_EXCHANGE,
+    )?)
+}

@@ -13,6 +13,11 @@ pub const CONVERT_SUFFIX: &str = "pg_branch_convert";
 /// renamed into place (the server's redo, `wal.rs`).
 pub const REDO_SUFFIX: &str = "pg_branch_redo";
 
+/// Suffix of the directory `pgbranch.reset()` clones the new contents of a
+/// branch into before it swaps them in (src/reset.rs); after the swap the
+/// old contents are under this name until they are removed.
+pub const RESET_SUFFIX: &str = "pg_branch_reset";
+
 /// What a name in a tablespace's database directory stands for: `<oid>`,
 /// a database's directory, or `<oid>.pg_branch_convert` /
 /// `<oid>.pg_branch_redo`, a scratch directory a crash left behind (then
@@ -22,7 +27,9 @@ pub const REDO_SUFFIX: &str = "pg_branch_redo";
 /// stand for database 16384.
 pub fn database_dir_name(name: &str) -> Option<(u32, bool)> {
     let (digits, leftover) = match name.split_once('.') {
-        Some((d, suffix)) if suffix == CONVERT_SUFFIX || suffix == REDO_SUFFIX => (d, true),
+        Some((d, suffix)) if [CONVERT_SUFFIX, REDO_SUFFIX, RESET_SUFFIX].contains(&suffix) => {
+            (d, true)
+        }
         Some(_) => return None,
         None => (name, false),
     };
