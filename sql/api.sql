@@ -46,3 +46,5 @@ COMMENT ON FUNCTION set_expiry(text, interval) IS
   'Make a branch expire after an interval from now (the expiry worker drops it then)';
 COMMENT ON FUNCTION clear_expiry(text) IS
   'Make a branch never expire';
+COMMENT ON FUNCTION reset(text, text, boolean) IS
+  'Replace a branch''s contents with a fresh branch of its parent (or of another database), in place';

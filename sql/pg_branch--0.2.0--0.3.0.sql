@@ -116,3 +116,13 @@ GRANT SELECT ON branches TO PUBLIC;
 
 COMMENT ON VIEW branches IS
   'Every database with its lineage: parent, depth, path from the root, how and when pg_branch made it, expiry';
+
+-- reset() (src/reset.rs), everyone's: it checks ownership of the branch
+-- and the right to copy the source itself, as DROP and CREATE DATABASE do.
+CREATE FUNCTION reset("branch" text, "source" text DEFAULT NULL, "force" bool DEFAULT false)
+RETURNS void
+VOLATILE
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'reset_wrapper';
+COMMENT ON FUNCTION reset(text, text, boolean) IS
+  'Replace a branch''s contents with a fresh branch of its parent (or of another database), in place';

@@ -465,6 +465,17 @@ SELECT 'base backups and archived WAL', CASE WHEN w.last IS NULL THEN NULL ELSE 
     TableIterator::new(rows)
 }
 
+/// Replace branch `branch`'s contents with a fresh branch of `source`
+/// (default: its parent), keeping its OID, name, owner, privileges,
+/// settings, comment and registry record (src/reset.rs). Like DROP
+/// DATABASE it refuses while others are connected, unless `force`
+/// terminates them. Needs ownership of the branch and the right to copy
+/// the source.
+#[pg_extern(volatile)]
+fn reset(branch: &str, source: default!(Option<&str>, "NULL"), force: default!(bool, false)) {
+    crate::reset::reset(branch, source, force);
+}
+
 /// Make branch `branch` expire `expires_in` from now: the expiry worker
 /// drops it then. Returns the moment. Needs ownership of the branch, as
 /// dropping it would. Transactional: a rollback keeps the old expiry.

@@ -489,3 +489,23 @@ pub fn tablespace_name(ts: Oid) -> String {
         .map(|c| c.to_string_lossy().into_owned())
         .unwrap_or_else(|| ts.to_u32().to_string())
 }
+
+/// Lower database `db`'s `datfrozenxid` / `datminmxid` to `xid` / `mxid`
+/// where they are newer, in place (not transactionally), as vacuum and
+/// dropdb() update pg_database: pgbranch.reset() gives the database files
+/// whose horizon is `xid` / `mxid`, and that stays so whatever becomes of
+/// its transaction. Lowering is always safe; the next VACUUM of the
+/// database advances them again.
+pub fn lower_frozen_ids(db: Oid, xid: pg_sys::TransactionId, mxid: pg_sys::MultiXactId) {
+    compat::inplace_update_database(db, |form| {
+        // SAFETY: plain comparisons of XIDs as core makes them.
+        unsafe {
+            if pg_sys::TransactionIdPrecedes(xid, form.datfrozenxid) {
+                form.datfrozenxid = xid;
+            }
+            if pg_sys::MultiXactIdPrecedes(mxid, form.datminmxid) {
+                form.datminmxid = mxid;
+            }
+        }
+    });
+}

@@ -7,6 +7,7 @@
 //! (lib.rs); none takes a pointer.
 
 use pgrx::pg_sys::{self, Oid};
+use pgrx::PgSqlErrorCode;
 use std::ffi::{c_int, CStr};
 
 /// Core's check that the current user may make `role` the owner of
@@ -125,4 +126,75 @@ pub mod anum {
     /// Whether login event triggers exist (17+).
     #[cfg(not(any(feature = "pg15", feature = "pg16")))]
     pub const HAS_LOGIN_EVENT: u32 = pg_sys::Anum_pg_database_dathasloginevt;
+}
+
+/// Change database `db`'s `pg_database` row in place (not
+/// transactionally), as vacuum's `vac_update_datfrozenxid()` does.
+/// PostgreSQL 16.2 (the PyPI build) predates `systable_inplace_update_*`
+/// and has only `heap_inplace_update()`.
+pub fn inplace_update_database(db: Oid, f: impl FnOnce(&mut pg_sys::FormData_pg_database)) {
+    // SAFETY: a catalog scan by the OID index of pg_database, opened with
+    // RowExclusiveLock and closed here; the tuple handed to `f` is a copy
+    // that the in-place update writes back over the row it was read from.
+    unsafe {
+        let rel = pg_sys::table_open(pg_sys::DatabaseRelationId, pg_sys::RowExclusiveLock as _);
+        let mut key: pg_sys::ScanKeyData = std::mem::zeroed();
+        pg_sys::ScanKeyInit(
+            &mut key,
+            pg_sys::Anum_pg_database_oid as _,
+            pg_sys::BTEqualStrategyNumber as _,
+            pg_sys::F_OIDEQ.into(),
+            pg_sys::Datum::from(db),
+        );
+        #[cfg(not(feature = "pg16"))]
+        {
+            let mut tuple: pg_sys::HeapTuple = std::ptr::null_mut();
+            let mut state: *mut std::ffi::c_void = std::ptr::null_mut();
+            pg_sys::systable_inplace_update_begin(
+                rel,
+                Oid::from(pg_sys::DatabaseOidIndexId),
+                true,
+                std::ptr::null_mut(),
+                1,
+                &key,
+                &mut tuple,
+                &mut state,
+            );
+            if tuple.is_null() {
+                crate::error::error(
+                    PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
+                    format!("cache lookup failed for database {}", db.to_u32()),
+                );
+            }
+            f(&mut *pg_sys::heap_tuple_get_struct::<
+                pg_sys::FormData_pg_database,
+            >(tuple));
+            pg_sys::systable_inplace_update_finish(state, tuple);
+        }
+        #[cfg(feature = "pg16")]
+        {
+            let scan = pg_sys::systable_beginscan(
+                rel,
+                Oid::from(pg_sys::DatabaseOidIndexId),
+                true,
+                std::ptr::null_mut(),
+                1,
+                &mut key,
+            );
+            let found = pg_sys::systable_getnext(scan);
+            if found.is_null() {
+                crate::error::error(
+                    PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
+                    format!("cache lookup failed for database {}", db.to_u32()),
+                );
+            }
+            let tuple = pg_sys::heap_copytuple(found);
+            f(&mut *pg_sys::heap_tuple_get_struct::<
+                pg_sys::FormData_pg_database,
+            >(tuple));
+            pg_sys::heap_inplace_update(rel, tuple);
+            pg_sys::systable_endscan(scan);
+        }
+        pg_sys::table_close(rel, pg_sys::RowExclusiveLock as _);
+    }
 }

@@ -204,7 +204,7 @@ fn convert_locked(db: Oid, name: &CStr) -> Result<Vec<DirResult>, Skipped> {
 }
 
 /// Core's `errdetail_busy_db()`.
-fn busy_detail(others: i32, prepared: i32) -> String {
+pub fn busy_detail(others: i32, prepared: i32) -> String {
     match (others, prepared) {
         (o, p) if o > 0 && p > 0 => format!(
             "There are {o} other session(s) and {p} prepared transaction(s) using the database."

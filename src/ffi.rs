@@ -16,6 +16,8 @@ mod raw {
     unsafe extern "C-unwind" {
         // postmaster/bgwriter.h
         pub fn RequestCheckpoint(flags: c_int);
+        // storage/md.h
+        pub fn ForgetDatabaseSyncRequests(dbid: pg_sys::Oid);
         // utils/pg_locale.h
         pub fn check_locale(
             category: c_int,
@@ -265,4 +267,25 @@ pub fn release_file_handles() {
             pg_sys::ProcSignalBarrierType::PROCSIGNAL_BARRIER_SMGRRELEASE,
         ));
     }
+}
+
+/// Core's `ForgetDatabaseSyncRequests()`: ask the checkpointer to cancel
+/// every pending fsync and unlink of database `db`'s files. The request is
+/// queued; a checkpoint requested afterwards has absorbed it.
+pub fn forget_database_sync_requests(db: pg_sys::Oid) {
+    // SAFETY: queues a request to the checkpointer; a plain OID argument.
+    unsafe { raw::ForgetDatabaseSyncRequests(db) }
+}
+
+/// Run `f` with interrupts held off (core's HOLD_INTERRUPTS /
+/// RESUME_INTERRUPTS): a cancel or terminate request waits until it
+/// returns. Postmaster death still ends waits (WL_EXIT_ON_PM_DEATH).
+pub fn hold_interrupts<T>(f: impl FnOnce() -> T) -> T {
+    // SAFETY: this backend's holdoff counter, restored below; an ERROR in
+    // `f` aborts the transaction, whose cleanup resets the counter.
+    unsafe { pg_sys::InterruptHoldoffCount += 1 };
+    let out = f();
+    // SAFETY: as above.
+    unsafe { pg_sys::InterruptHoldoffCount -= 1 };
+    out
 }

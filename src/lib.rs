@@ -38,6 +38,7 @@ mod hook;
 mod locale;
 mod options;
 mod registry;
+mod reset;
 mod stats;
 mod wal;
 

@@ -278,7 +278,8 @@ fn role_name(role: Oid) -> String {
 }
 
 /// An LSN as PostgreSQL prints it (`pg_lsn`'s text form).
-fn lsn_text(lsn: pg_sys::XLogRecPtr) -> String {
+/// An LSN as PostgreSQL prints it (`%X/%X`).
+pub fn lsn_text(lsn: pg_sys::XLogRecPtr) -> String {
     format!("{:X}/{:X}", lsn >> 32, lsn & 0xFFFF_FFFF)
 }
 

@@ -2,7 +2,7 @@
 //! FILE_COPY record (`pg_branch.wal_record`).
 //!
 //! This module owns pg_branch's resource manager: writing its records
-//! (`BRANCH_CREATE`, `BRANCH_CONVERT`) and replaying them. The conversion
+//! (`BRANCH_CREATE`, `BRANCH_CONVERT`, `BRANCH_RESET`) and replaying them. The conversion
 //! itself is convert.rs's; its redo is here, with the other.
 //!
 //! One record per tablespace directory of the branch, written while the
@@ -47,7 +47,7 @@ use crate::ffi;
 use crate::gucs;
 use pg_branch_storage::{
     clone_dir, convert_to_subvolume, errno_text, probe, record_mark, remove_convert_leftover,
-    remove_dir, set_record_mark, Converted, Method, REDO_SUFFIX,
+    remove_dir, set_record_mark, Converted, Method, REDO_SUFFIX, RESET_SUFFIX,
 };
 use pgrx::pg_sys::{self, Oid};
 use pgrx::prelude::*;
@@ -60,6 +60,7 @@ use std::time::Duration;
 pub const RMGR_ID: pg_sys::RmgrId = 128;
 const XLOG_BRANCH_CREATE: u8 = 0x00;
 const XLOG_BRANCH_CONVERT: u8 = 0x10;
+const XLOG_BRANCH_RESET: u8 = 0x20;
 
 /// commands/dbcommands_xlog.h
 const XLOG_DBASE_CREATE_FILE_COPY: u8 = 0x00;
@@ -293,6 +294,93 @@ pub fn log_convert(db: Oid, ts: Oid) -> pg_sys::XLogRecPtr {
     end
 }
 
+/// Log that `<ts>/<db>` now holds a clone of `<src_ts>/<src_db>` made by
+/// `method` (pgbranch.reset(), reset.rs), and make it so: swap the clone
+/// at `scratch` with the directory `dir`. From the record to the durable
+/// swap this is a critical section (any failure is a PANIC, and crash
+/// recovery finishes the swap) with DELAY_CHKPT_START, so that no
+/// checkpoint whose redo pointer lies past the record completes before
+/// the swap: a crash would otherwise restart past a record whose swap
+/// never happened here, while a standby replayed it.
+pub fn log_reset_and_swap(
+    db: Oid,
+    ts: Oid,
+    src_db: Oid,
+    src_ts: Oid,
+    method: Method,
+    scratch: &std::path::Path,
+    dir: &std::path::Path,
+) -> Logged {
+    let mut rec = BranchRecord {
+        db_id: db,
+        tablespace_id: ts,
+        src_db_id: src_db,
+        src_tablespace_id: src_ts,
+        method: (method == Method::Reflink) as u8,
+        pad: [0; 3],
+    };
+    // SAFETY: our own PGPROC's flags and this backend's critical-section
+    // counter, restored below; `rec` outlives XLogInsert. Unlike
+    // BRANCH_CREATE the record carries XLR_SPECIAL_REL_UPDATE: pg_rewind
+    // must stop at a reset only the server it rewinds made, rather than
+    // keep files it does not know were replaced.
+    let end = unsafe {
+        (*pg_sys::MyProc).delayChkptFlags |= pg_sys::DELAY_CHKPT_START as i32;
+        pg_sys::CritSectionCount += 1;
+        pg_sys::XLogBeginInsert();
+        pg_sys::XLogRegisterData(
+            (&mut rec as *mut BranchRecord).cast(),
+            std::mem::size_of::<BranchRecord>() as _,
+        );
+        let end = pg_sys::XLogInsert(
+            RMGR_ID,
+            XLOG_BRANCH_RESET | pg_sys::XLR_SPECIAL_REL_UPDATE as u8,
+        );
+        pg_sys::XLogFlush(end);
+        end
+    };
+    // SAFETY: as in log_create.
+    let (start, tli) = unsafe { (pg_sys::ProcLastRecPtr, pg_sys::GetWALInsertionTimeLine()) };
+    note_record(end);
+    let mark = record_mark_text(tli, start);
+    if let Err(e) = set_record_mark(scratch, &mark)
+        .and_then(|_| std::fs::File::open(scratch)?.sync_all())
+        .and_then(|_| swap_in(scratch, dir))
+    {
+        pgrx::ereport!(
+            PANIC,
+            PgSqlErrorCode::ERRCODE_IO_ERROR,
+            format!(
+                "could not swap \"{}\" into \"{}\": {}",
+                scratch.display(),
+                dir.display(),
+                errno_text(&e)
+            )
+        );
+    }
+    // SAFETY: undoes what was done above.
+    unsafe {
+        pg_sys::CritSectionCount -= 1;
+        (*pg_sys::MyProc).delayChkptFlags &= !(pg_sys::DELAY_CHKPT_START as i32);
+    }
+    Logged {
+        start,
+        end,
+        mark: Some(mark),
+    }
+}
+
+/// Put the directory at `scratch` in place of `dir` (which then sits at
+/// `scratch`, if it existed), durably.
+fn swap_in(scratch: &std::path::Path, dir: &std::path::Path) -> std::io::Result<()> {
+    if dir.exists() {
+        pg_branch_storage::exchange_dirs(scratch, dir)?;
+    } else {
+        std::fs::rename(scratch, dir)?;
+    }
+    std::fs::File::open(dir.parent().unwrap_or(dir))?.sync_all()
+}
+
 /// The full-page-image rule without a whole checkpoint: ask for an
 /// immediate checkpoint and wait only until it has *started* after `lsn`,
 /// that is, until the redo pointer has passed it. From then on the first
@@ -419,6 +507,12 @@ unsafe extern "C-unwind" fn redo(record: *mut pg_sys::XLogReaderState) {
     }
     // SAFETY: as above.
     let (info, rec) = unsafe { decode::<BranchRecord>(record) };
+    if let (XLOG_BRANCH_RESET, Some(rec)) = (info, rec) {
+        // SAFETY: as above.
+        let (tli, start) = unsafe { ((*record).latestPageTLI, (*record).ReadRecPtr) };
+        redo_reset(&rec, record_mark_text(tli, start));
+        return;
+    }
     let Some(rec) = rec.filter(|_| info == XLOG_BRANCH_CREATE) else {
         pgrx::ereport!(
             PANIC,
@@ -555,6 +649,138 @@ unsafe extern "C-unwind" fn redo(record: *mut pg_sys::XLogReaderState) {
     log(format!(
         "pg_branch redo: created \"{}\" from \"{}\" by {how} (primary used {})",
         dst.display(),
+        src.display(),
+        rec.method()
+    ));
+}
+
+/// Redo of a reset: the directory gets a clone of the source in place of
+/// its contents, as the primary swapped it in (reset.rs).
+///
+/// - Marked with this record: the swap is done (crash recovery after it,
+///   or a standby replaying again from an earlier restartpoint); only what
+///   it left under the scratch name goes.
+/// - Crash recovery, scratch present: the primary's clone, durable before
+///   the record (a swapped directory would be marked): swap it in.
+/// - Otherwise clone the source as replay has rebuilt it, as BRANCH_CREATE
+///   does, and swap that in.
+///
+/// The old contents go as a dropped database's do in core's dbase_redo():
+/// sessions on a hot standby are cancelled and kept out meanwhile, its
+/// buffers dropped, its pending fsyncs forgotten, every process's file
+/// descriptors closed.
+fn redo_reset(rec: &BranchRecord, mark: String) {
+    let dir = ffi::database_path(rec.db_id, rec.tablespace_id);
+    let scratch = dir.with_extension(RESET_SUFFIX);
+    let src = ffi::database_path(rec.src_db_id, rec.src_tablespace_id);
+    let marked =
+        |p: &std::path::Path| record_mark(p).ok().flatten().as_deref() == Some(mark.as_str());
+    if marked(&dir) {
+        remove_or_fail(&scratch);
+        log(format!(
+            "pg_branch redo: kept \"{}\", already reset by this record",
+            dir.display()
+        ));
+        return;
+    }
+    // SAFETY: reads the startup process's standby state.
+    let hot = unsafe { pg_sys::standbyState } >= pg_sys::HotStandbyState::STANDBY_SNAPSHOT_PENDING;
+    let lock = pg_sys::AccessExclusiveLock as pg_sys::LOCKMODE;
+    // SAFETY: as dbase_redo(): a session lock on the database object keeps
+    // new sessions out while those connected are cancelled; the buffer,
+    // sync-request and relcache calls take plain OIDs.
+    unsafe {
+        if hot {
+            pg_sys::LockSharedObjectForSession(pg_sys::DatabaseRelationId, rec.db_id, 0, lock);
+            pg_sys::ResolveRecoveryConflictWithDatabase(rec.db_id);
+        }
+        pg_sys::FlushDatabaseBuffers(rec.src_db_id);
+        pg_sys::DropDatabaseBuffers(rec.db_id);
+        ffi::forget_database_sync_requests(rec.db_id);
+        pg_sys::XLogDropDatabase(rec.db_id);
+    }
+    ffi::release_file_handles();
+    let how = if !ffi::in_archive_recovery() && scratch.exists() {
+        "the clone made before the crash".to_string()
+    } else {
+        remove_or_fail(&scratch);
+        create_missing_dir(&src, false);
+        let parent = dir.parent().map(|p| p.to_path_buf()).unwrap_or_default();
+        match probe(&src, &parent) {
+            Ok(Ok(method)) => match clone_dir(&src, &scratch, method) {
+                Ok(_) => method.name().to_string(),
+                Err(e) => {
+                    pgrx::ereport!(
+                        ERROR,
+                        PgSqlErrorCode::ERRCODE_IO_ERROR,
+                        format!(
+                            "could not {method} \"{}\" to \"{}\": {e}",
+                            src.display(),
+                            scratch.display()
+                        )
+                    );
+                }
+            },
+            Ok(Err(why)) => {
+                ffi::copydir(&src, &scratch);
+                format!("plain copy ({why})")
+            }
+            Err(e) => {
+                ffi::copydir(&src, &scratch);
+                format!("plain copy (probe failed: {e})")
+            }
+        }
+    };
+    // As in redo(): only once consistent is the clone known to be the
+    // source as of this record.
+    if ffi::reached_consistency() || !ffi::in_archive_recovery() {
+        if let Err(e) = set_record_mark(&scratch, &mark) {
+            pgrx::ereport!(
+                WARNING,
+                PgSqlErrorCode::ERRCODE_IO_ERROR,
+                format!(
+                    "pg_branch redo: could not mark \"{}\": {}",
+                    scratch.display(),
+                    errno_text(&e)
+                )
+            );
+        }
+    }
+    if let Err(e) = std::fs::File::open(&scratch)
+        .and_then(|f| f.sync_all())
+        .and_then(|_| swap_in(&scratch, &dir))
+    {
+        pgrx::ereport!(
+            ERROR,
+            PgSqlErrorCode::ERRCODE_IO_ERROR,
+            format!(
+                "could not swap \"{}\" into \"{}\": {}",
+                scratch.display(),
+                dir.display(),
+                errno_text(&e)
+            )
+        );
+    }
+    remove_or_fail(&scratch);
+    // A standby restarted later replays from its last restartpoint. Were
+    // that before this record, it would replay the branch's old records
+    // onto the new contents (the same paths) and then keep them, marked.
+    // The primary completed a checkpoint after the branch's last old record
+    // and before this one (reset.rs, step 2), so a restartpoint now, at the
+    // newest checkpoint record replayed, starts every later replay after
+    // all of them.
+    if ffi::in_archive_recovery() {
+        ffi::request_checkpoint(ffi::CHECKPOINT_IMMEDIATE | ffi::CHECKPOINT_WAIT);
+    }
+    if hot {
+        // SAFETY: releases the session lock taken above.
+        unsafe {
+            pg_sys::UnlockSharedObjectForSession(pg_sys::DatabaseRelationId, rec.db_id, 0, lock)
+        };
+    }
+    log(format!(
+        "pg_branch redo: reset \"{}\" from \"{}\" by {how} (primary used {})",
+        dir.display(),
         src.display(),
         rec.method()
     ));
@@ -728,6 +954,14 @@ fn log(message: String) {
 unsafe extern "C-unwind" fn desc(buf: pg_sys::StringInfo, record: *mut pg_sys::XLogReaderState) {
     // SAFETY: `record` is the server's valid reader state (our contract).
     let text = match unsafe { decode::<BranchRecord>(record) } {
+        (XLOG_BRANCH_RESET, Some(r)) => format!(
+            "reset dir {}/{} from {}/{} by {}",
+            r.tablespace_id.to_u32(),
+            r.db_id.to_u32(),
+            r.src_tablespace_id.to_u32(),
+            r.src_db_id.to_u32(),
+            r.method()
+        ),
         (XLOG_BRANCH_CREATE, Some(r)) => format!(
             "branch dir {}/{} to {}/{} by {}",
             r.src_tablespace_id.to_u32(),
@@ -763,6 +997,7 @@ unsafe extern "C-unwind" fn identify(info: u8) -> *const c_char {
     match info & !(pg_sys::XLR_INFO_MASK as u8) {
         XLOG_BRANCH_CREATE => c"BRANCH_CREATE".as_ptr(),
         XLOG_BRANCH_CONVERT => c"BRANCH_CONVERT".as_ptr(),
+        XLOG_BRANCH_RESET => c"BRANCH_RESET".as_ptr(),
         _ => std::ptr::null(),
     }
 }

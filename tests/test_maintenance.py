@@ -361,7 +361,7 @@ def test_functions_are_labelled_for_parallel_query(branch):
     assert labels["last_branch"] == "r"
     assert labels["database_storage"] == "r"
     # Everything that writes, or locks until commit, never runs in a worker.
-    for f in ("remove_orphans", "convert_to_subvolume", "convert_all_to_subvolumes", "orphans", "doctor"):
+    for f in ("remove_orphans", "convert_to_subvolume", "convert_all_to_subvolumes", "orphans", "doctor", "reset"):
         assert labels[f] == "u", f
     branch.sql("DROP DATABASE par_b")
 
