@@ -585,30 +585,7 @@ unsafe extern "C-unwind" fn redo(record: *mut pg_sys::XLogReaderState) {
     // of this replay never leaves a partial directory under the real name.
     let tmp = dst.with_extension(REDO_SUFFIX);
     remove_or_fail(&tmp);
-    let how = match probe(&src, &parent) {
-        Ok(Ok(method)) => match clone_dir(&src, &tmp, method) {
-            Ok(_) => method.name().to_string(),
-            Err(e) => {
-                pgrx::ereport!(
-                    ERROR,
-                    PgSqlErrorCode::ERRCODE_IO_ERROR,
-                    format!(
-                        "could not {method} \"{}\" to \"{}\": {e}",
-                        src.display(),
-                        tmp.display()
-                    )
-                );
-            }
-        },
-        Ok(Err(why)) => {
-            ffi::copydir(&src, &tmp);
-            format!("plain copy ({why})")
-        }
-        Err(e) => {
-            ffi::copydir(&src, &tmp);
-            format!("plain copy (probe failed: {e})")
-        }
-    };
+    let how = clone_for_redo(&src, &tmp, &parent);
     // Without a mark (a filesystem with no extended attributes) the
     // directory is rebuilt if this record is replayed again, as before.
     // Before consistency (a base backup's replay, a rewound server's) the
@@ -652,6 +629,39 @@ unsafe extern "C-unwind" fn redo(record: *mut pg_sys::XLogReaderState) {
         src.display(),
         rec.method()
     ));
+}
+
+/// Clone `src` into `dst` (in `parent`) with the best method this host
+/// has, or core's plain copy as the last resort; says how.
+fn clone_for_redo(
+    src: &std::path::Path,
+    dst: &std::path::Path,
+    parent: &std::path::Path,
+) -> String {
+    match probe(src, parent) {
+        Ok(Ok(method)) => match clone_dir(src, dst, method) {
+            Ok(_) => method.name().to_string(),
+            Err(e) => {
+                pgrx::ereport!(
+                    ERROR,
+                    PgSqlErrorCode::ERRCODE_IO_ERROR,
+                    format!(
+                        "could not {method} \"{}\" to \"{}\": {e}",
+                        src.display(),
+                        dst.display()
+                    )
+                );
+            }
+        },
+        Ok(Err(why)) => {
+            ffi::copydir(src, dst);
+            format!("plain copy ({why})")
+        }
+        Err(e) => {
+            ffi::copydir(src, dst);
+            format!("plain copy (probe failed: {e})")
+        }
+    }
 }
 
 /// Redo of a reset: the directory gets a clone of the source in place of
@@ -706,30 +716,7 @@ fn redo_reset(rec: &BranchRecord, mark: String) {
         remove_or_fail(&scratch);
         create_missing_dir(&src, false);
         let parent = dir.parent().map(|p| p.to_path_buf()).unwrap_or_default();
-        match probe(&src, &parent) {
-            Ok(Ok(method)) => match clone_dir(&src, &scratch, method) {
-                Ok(_) => method.name().to_string(),
-                Err(e) => {
-                    pgrx::ereport!(
-                        ERROR,
-                        PgSqlErrorCode::ERRCODE_IO_ERROR,
-                        format!(
-                            "could not {method} \"{}\" to \"{}\": {e}",
-                            src.display(),
-                            scratch.display()
-                        )
-                    );
-                }
-            },
-            Ok(Err(why)) => {
-                ffi::copydir(&src, &scratch);
-                format!("plain copy ({why})")
-            }
-            Err(e) => {
-                ffi::copydir(&src, &scratch);
-                format!("plain copy (probe failed: {e})")
-            }
-        }
+        clone_for_redo(&src, &scratch, &parent)
     };
     // As in redo(): only once consistent is the clone known to be the
     // source as of this record.
