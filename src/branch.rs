@@ -156,7 +156,7 @@ fn plan_reusing(src_db: Oid, src_default: Oid, dst_default: Oid, known: &[CloneS
 
 /// Core's `stat() && S_ISDIR && !directory_is_empty()`: a directory that
 /// exists and holds something.
-fn has_entries(dir: &std::path::Path) -> bool {
+pub fn has_entries(dir: &std::path::Path) -> bool {
     std::fs::read_dir(dir)
         .map(|mut d| d.next().is_some())
         .unwrap_or(false)

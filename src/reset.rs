@@ -310,11 +310,7 @@ fn single_step(t: &DatabaseRow, s: &DatabaseRow, name: &str, source: &str) -> br
         catalog::tablespaces()
             .into_iter()
             .filter(|ts| *ts != db.tablespace)
-            .any(|ts| {
-                std::fs::read_dir(ffi::database_path(db.oid, ts))
-                    .map(|mut d| d.next().is_some())
-                    .unwrap_or(false)
-            })
+            .any(|ts| branch::has_entries(&ffi::database_path(db.oid, ts)))
     };
     if others(t) || others(s) {
         Report::new(
