@@ -26,13 +26,14 @@ mod tests {
             labels,
             "branch_size:vu clear_expiry:vu cluster_size:vu convert_all_to_subvolumes:vu \
              convert_to_subvolume:vu database_storage:vr diverged:vu doctor:vu last_branch:vr orphans:vu \
-             remove_orphans:vu set_expiry:vu wal_needs_pg_branch:vu"
+             remove_orphans:vu reset:vu set_expiry:vu wal_needs_pg_branch:vu"
         );
     }
 
     /// Executable by PUBLIC: `last_branch()`, which shows a session its own
-    /// statement, and the expiry functions, which check ownership of the
-    /// branch themselves; the rest show paths or change the server.
+    /// statement, and the expiry functions and `reset()`, which check
+    /// ownership of the branch themselves as DROP DATABASE does; the rest
+    /// show paths or change the server.
     #[pg_test]
     fn api_privileges() {
         Spi::run("CREATE ROLE branch_api_nobody").unwrap();
@@ -41,7 +42,7 @@ mod tests {
               WHERE pronamespace = 'pgbranch'::regnamespace
                 AND has_function_privilege('branch_api_nobody', oid, 'EXECUTE')",
         );
-        assert_eq!(executable, "clear_expiry last_branch set_expiry");
+        assert_eq!(executable, "clear_expiry last_branch reset set_expiry");
         // Reading extent maps is for those who may read server files.
         let readers: bool = one("SELECT has_function_privilege('pg_read_server_files',
                                            'pgbranch.branch_size(text)', 'EXECUTE')
