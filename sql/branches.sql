@@ -3,10 +3,12 @@
 -- pg_branch per branch, in the shared catalog pg_shseclabel) joined with
 -- pg_database. A database that pg_branch did not make (older than
 -- pg_branch, or copied by core) has no parent and is the root of its tree.
--- A branch whose parent was dropped is a root too, and says so.
+-- A branch whose parent was dropped is a root too, and says so. Each label
+-- is read through branch_record(), which lays over it the facts of a reset
+-- that a crash kept from committing (src/registry.rs).
 CREATE VIEW branches AS
 WITH RECURSIVE registry AS (
-    SELECT l.objoid AS oid, l.label::jsonb AS r
+    SELECT l.objoid AS oid, branch_record(l.objoid, l.label) AS r
       FROM pg_catalog.pg_shseclabel l
      WHERE l.provider = 'pg_branch'
        AND l.classoid = 'pg_catalog.pg_database'::pg_catalog.regclass
@@ -52,3 +54,6 @@ GRANT SELECT ON branches TO PUBLIC;
 
 COMMENT ON VIEW branches IS
   'Every database with its lineage: parent, depth, path from the root, how and when pg_branch made it, expiry';
+
+COMMENT ON FUNCTION branch_record(oid, text) IS
+  'A branch''s registry record as pgbranch.branches shows it (for the view)';

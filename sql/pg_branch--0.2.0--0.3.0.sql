@@ -68,9 +68,18 @@ GRANT EXECUTE ON FUNCTION diverged(text) TO pg_read_server_files;
 COMMENT ON FUNCTION diverged(text) IS
   'The relations of a branch that differ from its parent''s, with the bytes that no longer share extents';
 
+-- branch_record() (src/api.rs), everyone's, as the view is: the view
+-- reads each record through it.
+CREATE FUNCTION branch_record("db" oid, "label" text) RETURNS jsonb
+STRICT VOLATILE PARALLEL RESTRICTED
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'branch_record_wrapper';
+COMMENT ON FUNCTION branch_record(oid, text) IS
+  'A branch''s registry record as pgbranch.branches shows it (for the view)';
+
 CREATE VIEW branches AS
 WITH RECURSIVE registry AS (
-    SELECT l.objoid AS oid, l.label::jsonb AS r
+    SELECT l.objoid AS oid, branch_record(l.objoid, l.label) AS r
       FROM pg_catalog.pg_shseclabel l
      WHERE l.provider = 'pg_branch'
        AND l.classoid = 'pg_catalog.pg_database'::pg_catalog.regclass

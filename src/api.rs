@@ -565,4 +565,18 @@ extension_sql_file!(
     ]
 );
 
-extension_sql_file!("../sql/branches.sql", name = "branches");
+/// Branch `db`'s registry record as the `branches` view shows it: its
+/// stored `label`, with the facts of a newer reset laid over it, which a
+/// crash between a reset's swap and its commit leaves only on the
+/// branch's directory (src/registry.rs). NULL if the label is not a JSON
+/// object (doctor() reports it).
+#[pg_extern(volatile, parallel_restricted)]
+fn branch_record(db: pg_sys::Oid, label: &str) -> Option<pgrx::JsonB> {
+    registry::as_read(db, label).map(|r| pgrx::JsonB(serde_json::Value::Object(r)))
+}
+
+extension_sql_file!(
+    "../sql/branches.sql",
+    name = "branches",
+    requires = [branch_record]
+);

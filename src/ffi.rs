@@ -277,15 +277,23 @@ pub fn forget_database_sync_requests(db: pg_sys::Oid) {
     unsafe { raw::ForgetDatabaseSyncRequests(db) }
 }
 
-/// Run `f` with interrupts held off (core's HOLD_INTERRUPTS /
-/// RESUME_INTERRUPTS): a cancel or terminate request waits until it
-/// returns. Postmaster death still ends waits (WL_EXIT_ON_PM_DEATH).
-pub fn hold_interrupts<T>(f: impl FnOnce() -> T) -> T {
-    // SAFETY: this backend's holdoff counter, restored below; an ERROR in
-    // `f` aborts the transaction, whose cleanup resets the counter.
+/// Hold interrupts off (core's HOLD_INTERRUPTS) from now until this
+/// transaction commits: a cancel or terminate request that comes in the
+/// meantime is served after the commit, so it cannot abort the
+/// transaction once it has done something that a rollback would not undo.
+/// Postmaster death still ends waits (WL_EXIT_ON_PM_DEATH).
+///
+/// The hold ends in the commit callback, which CommitTransaction() calls
+/// after its own HOLD_INTERRUPTS, once the commit record is flushed. An
+/// ERROR (raised by the code itself, not by an interrupt) still aborts the
+/// transaction: errfinish() then resets the counter, and pgrx drops the
+/// callback with the transaction.
+pub fn hold_interrupts_until_commit() {
+    // SAFETY: this backend's holdoff counter, given back at commit (above).
     unsafe { pg_sys::InterruptHoldoffCount += 1 };
-    let out = f();
-    // SAFETY: as above.
-    unsafe { pg_sys::InterruptHoldoffCount -= 1 };
-    out
+    pgrx::register_xact_callback(pgrx::PgXactCallbackEvent::Commit, || {
+        // SAFETY: gives back the count taken above, still held: nothing
+        // between the two resets the counter without aborting.
+        unsafe { pg_sys::InterruptHoldoffCount -= 1 };
+    });
 }

@@ -28,6 +28,16 @@
 //! The label is a JSON object (keys below). Unknown keys are kept when a
 //! record is rewritten, so an older pg_branch does not drop what a newer
 //! one wrote.
+//!
+//! One exception to "the label is the record": a reset (reset.rs) swaps
+//! the branch's directory before its transaction commits, and that swap
+//! cannot be rolled back. So the reset's facts (parent, reset count and
+//! time, LSN) also travel with the new contents, as an extended attribute
+//! of the directory that the swap moves with it and that the reset's redo
+//! writes too ([`reset_facts`]). A label older than the facts on its
+//! branch's directory (a crash between the swap and the commit) is read
+//! with the facts laid over it, and the next write of the record stores
+//! them.
 
 use crate::catalog;
 use crate::error::{error, Report};
@@ -93,7 +103,7 @@ pub fn read(db: Oid) -> Option<Map<String, Value>> {
     // SAFETY: non-NULL, so a NUL-terminated string (above).
     let text = unsafe { CStr::from_ptr(label) }.to_string_lossy();
     match serde_json::from_str(&text) {
-        Ok(Value::Object(m)) => Some(m),
+        Ok(Value::Object(m)) => Some(with_reset_facts(db, m)),
         _ => Report::new(
             PgSqlErrorCode::ERRCODE_DATA_CORRUPTED,
             format!(
@@ -103,6 +113,15 @@ pub fn read(db: Oid) -> Option<Map<String, Value>> {
         )
         .detail(format!("The record is: {text}"))
         .error(),
+    }
+}
+
+/// Stored `label` of database `db` as [`read`] returns it, or `None` if it
+/// is not a JSON object.
+pub fn as_read(db: Oid, label: &str) -> Option<Map<String, Value>> {
+    match serde_json::from_str(label) {
+        Ok(Value::Object(m)) => Some(with_reset_facts(db, m)),
+        _ => None,
     }
 }
 
@@ -119,6 +138,83 @@ pub fn write(db: Oid, record: &Value) {
         // a second write of the same record updates it again.
         pg_sys::CommandCounterIncrement();
     }
+}
+
+/// The keys a reset changes, and so the facts it leaves on the contents.
+const RESET_KEYS: [&str; 5] = [
+    "parent_oid",
+    "parent_name",
+    "reset_count",
+    "reset_at",
+    "lsn",
+];
+
+/// What a reset of branch `db` from `parent` (named `parent_name`), its
+/// `count`-th, at `at`, says of itself: the record's keys that change,
+/// less the LSN, which its WAL record gets ([`stamp_reset_facts`]).
+pub fn reset_facts(
+    db: Oid,
+    parent: Oid,
+    parent_name: &str,
+    count: i64,
+    at: pg_sys::TimestampTz,
+) -> Map<String, Value> {
+    let facts = json!({
+        "db": db.to_u32(),
+        "parent_oid": parent.to_u32(),
+        "parent_name": parent_name,
+        "reset_count": count,
+        "reset_at": timestamp_text(at),
+    });
+    match facts {
+        Value::Object(m) => m,
+        _ => unreachable!("a JSON object"),
+    }
+}
+
+/// `facts` as the reset's WAL record carries them, with the LSN where that
+/// record starts: the text both the primary and redo put on the contents.
+/// `None` if `facts` is not the object [`reset_facts`] makes.
+pub fn stamp_reset_facts(facts: &str, lsn: pg_sys::XLogRecPtr) -> Option<String> {
+    let Ok(Value::Object(mut m)) = serde_json::from_str(facts) else {
+        return None;
+    };
+    m.insert("lsn".into(), Value::from(lsn_text(lsn)));
+    Some(Value::Object(m).to_string())
+}
+
+/// `record` of branch `db`, with the facts of a newer reset than it knows
+/// of laid over it, if the branch's directory carries some (module
+/// comment). Facts that a snapshot copied from another branch's directory
+/// name that branch, and are ignored.
+fn with_reset_facts(db: Oid, mut record: Map<String, Value>) -> Map<String, Value> {
+    let Some((_, row)) = catalog::database_row(db) else {
+        return record;
+    };
+    let dir = crate::ffi::database_path(db, row.tablespace);
+    let Ok(Some(text)) = pg_branch_storage::reset_facts(&dir) else {
+        return record;
+    };
+    let Ok(Value::Object(facts)) = serde_json::from_str::<Value>(&text) else {
+        return record;
+    };
+    let lsn = |m: &Map<String, Value>| m.get("lsn").and_then(Value::as_str).and_then(parse_lsn);
+    let newer = facts.get("db").and_then(Value::as_u64) == Some(u64::from(db.to_u32()))
+        && lsn(&facts) > lsn(&record);
+    if newer {
+        for key in RESET_KEYS {
+            if let Some(v) = facts.get(key) {
+                record.insert(key.into(), v.clone());
+            }
+        }
+    }
+    record
+}
+
+/// An LSN in [`lsn_text`]'s form, read back.
+fn parse_lsn(text: &str) -> Option<u64> {
+    let (hi, lo) = text.split_once('/')?;
+    Some((u64::from_str_radix(hi, 16).ok()? << 32) | u64::from_str_radix(lo, 16).ok()?)
 }
 
 /// Set (or, with `None`, clear) when branch `db`, named `name`, expires.
@@ -145,7 +241,7 @@ pub fn scan() -> Vec<(Oid, Map<String, Value>)> {
     labels()
         .into_iter()
         .filter_map(|(db, label)| match serde_json::from_str(&label) {
-            Ok(Value::Object(record)) => Some((db, record)),
+            Ok(Value::Object(record)) => Some((db, with_reset_facts(db, record))),
             _ => None,
         })
         .collect()
@@ -277,8 +373,7 @@ fn role_name(role: Oid) -> String {
         .into_owned()
 }
 
-/// An LSN as PostgreSQL prints it (`pg_lsn`'s text form).
-/// An LSN as PostgreSQL prints it (`%X/%X`).
+/// An LSN as PostgreSQL prints it (`pg_lsn`'s text form, `%X/%X`).
 pub fn lsn_text(lsn: pg_sys::XLogRecPtr) -> String {
     format!("{:X}/{:X}", lsn >> 32, lsn & 0xFFFF_FFFF)
 }
@@ -357,7 +452,16 @@ pub fn lock_for_update(name: &str) -> Oid {
 
 #[cfg(test)]
 mod tests {
-    use super::timestamp_text;
+    use super::{lsn_text, parse_lsn, timestamp_text};
+
+    #[test]
+    fn lsns_read_back() {
+        for lsn in [0u64, 1, 0x1_0000_0000, 0x2A_0156_48C8, u64::MAX] {
+            assert_eq!(parse_lsn(&lsn_text(lsn)), Some(lsn));
+        }
+        assert_eq!(parse_lsn("0/0x1"), None);
+        assert!(parse_lsn("0/FF") < parse_lsn("1/0"));
+    }
 
     #[test]
     fn timestamps_are_iso_utc() {

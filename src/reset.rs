@@ -21,23 +21,33 @@
 //!     as much). A failure from here to step 6 leaves the old contents,
 //!     durable.
 //!  3. Pin and fence the source as branch.rs does, and clone it next to
-//!     the branch's directory (`<dir>.pg_branch_reset`).
+//!     the branch's directory (`<dir>.pg_branch_reset`). A cancel that
+//!     came during the clone is served right after it. Until step 6 an
+//!     ERROR leaves the old contents and removes the clone; a FATAL or a
+//!     crash leaves the clone, which the next reset removes.
 //!  4. Lower the branch's datfrozenxid / datminmxid to the source's, in
 //!     place (not transactionally): from the swap on the files are the
 //!     source's, whatever becomes of this transaction; an older horizon is
 //!     always safe.
-//!  5. Update the registry record (transactional).
-//!  6. In a critical section, with DELAY_CHKPT_START: WAL-log the reset,
-//!     flush it, mark the clone with the record and swap it with the
-//!     branch's directory in one `renameat2(RENAME_EXCHANGE)`. Any failure
-//!     in here is a PANIC, and crash recovery replays the record, which
-//!     finishes the swap (wal.rs). DELAY_CHKPT_START keeps a checkpoint
-//!     whose redo pointer is past the record from completing before the
-//!     swap (catalog/storage.c's RelationTruncate() for the same reason).
+//!  5. Update the registry record (transactional), once now, so that its
+//!     locks and row version are ours, and again with the record's LSN.
+//!     The same facts go into the WAL record, and onto the clone before
+//!     the swap: if the transaction never commits (a crash after the
+//!     swap), the registry reads them from there (registry.rs).
+//!  6. Hold interrupts until the commit (ffi::hold_interrupts_until_commit):
+//!     from the swap on a rollback could not undo the reset, so a cancel
+//!     or terminate request must not cause one. Then, in a critical
+//!     section with DELAY_CHKPT_START: WAL-log the reset, flush it, mark
+//!     the clone with the record and swap it with the branch's directory
+//!     in one `renameat2(RENAME_EXCHANGE)`. Any failure in here is a
+//!     PANIC, and crash recovery replays the record, which finishes the
+//!     swap (wal.rs). DELAY_CHKPT_START keeps a checkpoint whose redo
+//!     pointer is past the record from completing before the swap
+//!     (catalog/storage.c's RelationTruncate() for the same reason).
 //!  7. Lower the fence, remove the old contents (now under the scratch
-//!     name), and wait, with interrupts held, for a checkpoint to start
-//!     after the record: the branch's first changes must carry full-page
-//!     images (branch.rs step 10).
+//!     name), and wait for a checkpoint to start after the record: the
+//!     branch's first changes must carry full-page images (branch.rs
+//!     step 10).
 //!
 //! Only a branch and a source that each keep all their files in their
 //! default tablespace can be reset: the swap is then one rename, and its
@@ -53,6 +63,7 @@ use crate::wal;
 use pg_branch_storage::{clone_dir, errno_text, presync, remove_dir, RESET_SUFFIX};
 use pgrx::pg_sys::{self, Oid};
 use pgrx::prelude::*;
+use pgrx::PgTryBuilder;
 use serde_json::Value;
 use std::ffi::CString;
 
@@ -161,60 +172,54 @@ pub fn reset(name: &str, source: Option<&str>, force: bool) {
     remove_or_error(&scratch);
     let _ = presync(&step.src);
     let fence = Fence::raise(src.oid, src.tablespace, &csource);
-    // SAFETY: writes out the shared buffers of the fenced source.
-    unsafe { pg_sys::FlushDatabaseBuffers(src.oid) };
-    if let Err(e) = clone_dir(&step.src, &scratch, step.method) {
+    // Until the record, an ERROR (a cancel served below included) or a
+    // FATAL leaves the old contents; an ERROR also removes the clone. The
+    // clone a FATAL leaves is removed by the next reset of this branch.
+    let (mut record, facts) = PgTryBuilder::new(std::panic::AssertUnwindSafe(|| {
+        clone_source(&step, &scratch);
+        // A cancel that came during the clone (which can take a while on
+        // a filesystem without snapshots) is served here.
+        check_for_interrupts!();
+
+        // 4. The horizon, in place.
+        catalog::lower_frozen_ids(target.oid, src.frozen_xid, src.min_mxid);
+
+        // 5. The registry record: transactional, committed with the reset.
+        // Written now as well as after the record, so that its locks and
+        // its row version are ours before there is no way back.
+        // SAFETY: reads the transaction's start time.
+        let now = unsafe { pg_sys::GetCurrentTransactionStartTimestamp() };
+        let count = record
+            .get("reset_count")
+            .and_then(Value::as_i64)
+            .unwrap_or(0);
+        let facts = registry::reset_facts(target.oid, src.oid, &source_name, count + 1, now);
+        for (key, value) in &facts {
+            if key != "db" {
+                record.insert(key.clone(), value.clone());
+            }
+        }
+        registry::write(target.oid, &Value::Object(record.clone()));
+        (record, Value::Object(facts).to_string())
+    }))
+    .catch_others(|e| {
         remove_dir(&scratch).ok();
-        Report::new(file_error_code(e.raw_os_error()), e.to_string())
-            .detail(format!(
-                "Branching \"{}\" to \"{}\" by {}.",
-                step.src.display(),
-                scratch.display(),
-                step.method
-            ))
-            .error();
-    }
-    // A filesystem that cannot mark the clone fails here, before anything
-    // is logged.
-    if let Err(e) = pg_branch_storage::set_record_mark(&scratch, "pending") {
-        remove_dir(&scratch).ok();
-        error(
-            file_error_code(e.raw_os_error()),
-            format!(
-                "could not mark \"{}\": {}",
-                scratch.display(),
-                errno_text(&e)
-            ),
-        );
-    }
+        e.rethrow()
+    })
+    .execute();
 
-    // 4. The horizon, in place.
-    catalog::lower_frozen_ids(target.oid, src.frozen_xid, src.min_mxid);
-
-    // 5. The record: transactional, committed with the reset.
-    // SAFETY: reads the transaction's start time.
-    let now = unsafe { pg_sys::GetCurrentTransactionStartTimestamp() };
-    let count = record
-        .get("reset_count")
-        .and_then(Value::as_i64)
-        .unwrap_or(0);
-    record.insert("reset_count".into(), Value::from(count + 1));
-    record.insert(
-        "reset_at".into(),
-        Value::from(registry::timestamp_text(now)),
-    );
-    record.insert("parent_oid".into(), Value::from(src.oid.to_u32()));
-    record.insert("parent_name".into(), Value::from(source_name.clone()));
-
-    // 6. Log and swap: no way back from the record on.
+    // 6. Log and swap: no way back from the record on. From here to the
+    // commit no cancel or terminate request may abort the transaction,
+    // which would report a failure of a reset that happened: they wait
+    // for the commit.
+    ffi::hold_interrupts_until_commit();
     let logged = wal::log_reset_and_swap(
         target.oid,
         target.tablespace,
         src.oid,
         step.src_tablespace,
         step.method,
-        &scratch,
-        &dir,
+        &facts,
     );
     record.insert("lsn".into(), Value::from(registry::lsn_text(logged.start)));
     registry::write(target.oid, &Value::Object(record));
@@ -233,9 +238,34 @@ pub fn reset(name: &str, source: Option<&str>, force: bool) {
         .hint("The next reset of this branch removes it.")
         .warning();
     }
-    ffi::hold_interrupts(|| wal::wait_for_checkpoint_start(logged.end));
+    wal::wait_for_checkpoint_start(logged.end);
     // SAFETY: sets a flag of this backend's transaction state.
     unsafe { pg_sys::ForceSyncCommit() };
+}
+
+/// Clone the source to `scratch` and mark the clone as not yet logged: a
+/// filesystem that cannot mark it fails here, before anything is logged.
+fn clone_source(step: &branch::CloneStep, scratch: &std::path::Path) {
+    if let Err(e) = clone_dir(&step.src, scratch, step.method) {
+        Report::new(file_error_code(e.raw_os_error()), e.to_string())
+            .detail(format!(
+                "Branching \"{}\" to \"{}\" by {}.",
+                step.src.display(),
+                scratch.display(),
+                step.method
+            ))
+            .error();
+    }
+    if let Err(e) = pg_branch_storage::set_record_mark(scratch, "pending") {
+        error(
+            file_error_code(e.raw_os_error()),
+            format!(
+                "could not mark \"{}\": {}",
+                scratch.display(),
+                errno_text(&e)
+            ),
+        );
+    }
 }
 
 fn name_or_error(name: &str) -> CString {

@@ -47,7 +47,7 @@ use crate::ffi;
 use crate::gucs;
 use pg_branch_storage::{
     clone_dir, convert_to_subvolume, errno_text, probe, record_mark, remove_convert_leftover,
-    remove_dir, set_record_mark, Converted, Method, REDO_SUFFIX, RESET_SUFFIX,
+    remove_dir, set_record_mark, set_reset_facts, Converted, Method, REDO_SUFFIX, RESET_SUFFIX,
 };
 use pgrx::pg_sys::{self, Oid};
 use pgrx::prelude::*;
@@ -296,7 +296,8 @@ pub fn log_convert(db: Oid, ts: Oid) -> pg_sys::XLogRecPtr {
 
 /// Log that `<ts>/<db>` now holds a clone of `<src_ts>/<src_db>` made by
 /// `method` (pgbranch.reset(), reset.rs), and make it so: swap the clone
-/// at `scratch` with the directory `dir`. From the record to the durable
+/// at `<ts>/<db>.pg_branch_reset` with the directory, with the registry's
+/// `facts` of the reset on it (registry.rs). From the record to the durable
 /// swap this is a critical section (any failure is a PANIC, and crash
 /// recovery finishes the swap) with DELAY_CHKPT_START, so that no
 /// checkpoint whose redo pointer lies past the record completes before
@@ -308,9 +309,10 @@ pub fn log_reset_and_swap(
     src_db: Oid,
     src_ts: Oid,
     method: Method,
-    scratch: &std::path::Path,
-    dir: &std::path::Path,
+    facts: &str,
 ) -> Logged {
+    let dir = ffi::database_path(db, ts);
+    let scratch = dir.with_extension(RESET_SUFFIX);
     let mut rec = BranchRecord {
         db_id: db,
         tablespace_id: ts,
@@ -332,6 +334,7 @@ pub fn log_reset_and_swap(
             (&mut rec as *mut BranchRecord).cast(),
             std::mem::size_of::<BranchRecord>() as _,
         );
+        pg_sys::XLogRegisterData(facts.as_ptr().cast_mut().cast(), facts.len() as _);
         let end = pg_sys::XLogInsert(
             RMGR_ID,
             XLOG_BRANCH_RESET | pg_sys::XLR_SPECIAL_REL_UPDATE as u8,
@@ -343,9 +346,11 @@ pub fn log_reset_and_swap(
     let (start, tli) = unsafe { (pg_sys::ProcLastRecPtr, pg_sys::GetWALInsertionTimeLine()) };
     note_record(end);
     let mark = record_mark_text(tli, start);
-    if let Err(e) = set_record_mark(scratch, &mark)
-        .and_then(|_| std::fs::File::open(scratch)?.sync_all())
-        .and_then(|_| swap_in(scratch, dir))
+    let facts = crate::registry::stamp_reset_facts(facts, start).unwrap_or_default();
+    if let Err(e) = set_reset_facts(&scratch, &facts)
+        .and_then(|_| set_record_mark(&scratch, &mark))
+        .and_then(|_| std::fs::File::open(&scratch)?.sync_all())
+        .and_then(|_| swap_in(&scratch, &dir))
     {
         pgrx::ereport!(
             PANIC,
@@ -479,6 +484,26 @@ unsafe fn decode<T: Copy>(record: *mut pg_sys::XLogReaderState) -> (u8, Option<T
     }
 }
 
+/// The main data of a record past its leading `T`, as text (a reset's
+/// registry facts).
+///
+/// # Safety
+/// As [`decode`].
+unsafe fn trailing_text<T>(record: *mut pg_sys::XLogReaderState) -> String {
+    // SAFETY: the main data is `main_data_len` bytes (as in decode()).
+    unsafe {
+        let decoded = (*record).record;
+        let len = (*decoded).main_data_len as usize;
+        let skip = std::mem::size_of::<T>();
+        if len <= skip {
+            return String::new();
+        }
+        let bytes =
+            std::slice::from_raw_parts((*decoded).main_data.cast::<u8>().add(skip), len - skip);
+        String::from_utf8_lossy(bytes).into_owned()
+    }
+}
+
 /// Replay a record: core's `dbase_redo()` for `XLOG_DBASE_CREATE_FILE_COPY`,
 /// step by step (flush the source's buffers, replace the target, create a
 /// missing tablespace parent as `recovery_create_dbdir()` does, release
@@ -510,7 +535,10 @@ unsafe extern "C-unwind" fn redo(record: *mut pg_sys::XLogReaderState) {
     if let (XLOG_BRANCH_RESET, Some(rec)) = (info, rec) {
         // SAFETY: as above.
         let (tli, start) = unsafe { ((*record).latestPageTLI, (*record).ReadRecPtr) };
-        redo_reset(&rec, record_mark_text(tli, start));
+        // SAFETY: as above.
+        let facts = unsafe { trailing_text::<BranchRecord>(record) };
+        let facts = crate::registry::stamp_reset_facts(&facts, start);
+        redo_reset(&rec, record_mark_text(tli, start), facts);
         return;
     }
     let Some(rec) = rec.filter(|_| info == XLOG_BRANCH_CREATE) else {
@@ -679,7 +707,7 @@ fn clone_for_redo(
 /// sessions on a hot standby are cancelled and kept out meanwhile, its
 /// buffers dropped, its pending fsyncs forgotten, every process's file
 /// descriptors closed.
-fn redo_reset(rec: &BranchRecord, mark: String) {
+fn redo_reset(rec: &BranchRecord, mark: String, facts: Option<String>) {
     let dir = ffi::database_path(rec.db_id, rec.tablespace_id);
     let scratch = dir.with_extension(RESET_SUFFIX);
     let src = ffi::database_path(rec.src_db_id, rec.src_tablespace_id);
@@ -718,6 +746,21 @@ fn redo_reset(rec: &BranchRecord, mark: String) {
         let parent = dir.parent().map(|p| p.to_path_buf()).unwrap_or_default();
         clone_for_redo(&src, &scratch, &parent)
     };
+    // The registry's facts go with the contents whatever the state of
+    // replay: they are the record's (registry.rs).
+    if let Some(facts) = &facts {
+        if let Err(e) = set_reset_facts(&scratch, facts) {
+            pgrx::ereport!(
+                WARNING,
+                PgSqlErrorCode::ERRCODE_IO_ERROR,
+                format!(
+                    "pg_branch redo: could not record the reset on \"{}\": {}",
+                    scratch.display(),
+                    errno_text(&e)
+                )
+            );
+        }
+    }
     // As in redo(): only once consistent is the clone known to be the
     // source as of this record.
     if ffi::reached_consistency() || !ffi::in_archive_recovery() {

@@ -37,9 +37,18 @@ def mount(var):
     return Path(path)
 
 
+class CommandFailed(subprocess.CalledProcessError):
+    """A command run as postgres failed; the message carries its output."""
+
+    def __str__(self):
+        return f"{super().__str__()}\n{self.stdout}{self.stderr}"
+
+
 def as_postgres(*cmd, check=True, **kw):
-    return subprocess.run(["sudo", "-u", RUN_AS, "--", *map(str, cmd)], check=check,
-                          capture_output=True, text=True, **kw)
+    done = subprocess.run(["sudo", "-u", RUN_AS, "--", *map(str, cmd)], capture_output=True, text=True, **kw)
+    if check and done.returncode != 0:
+        raise CommandFailed(done.returncode, done.args, done.stdout, done.stderr)
+    return done
 
 
 class ServerDidNotStart(subprocess.CalledProcessError):
@@ -352,6 +361,12 @@ class Gdb:
         hit = re.compile(rf"Breakpoint \d+, (0x[0-9a-f]+ in )?{re.escape(function)} \(")
         return any(hit.search(line) for line in self.lines)
 
+    def stopped(self):
+        """Whether any breakpoint has been hit (a libc function's name is
+        its internal alias, `__GI_setxattr`, where libc's debug symbols are
+        installed)."""
+        return any(re.search(r"Breakpoint \d+, ", line) for line in self.lines)
+
     def close(self):
         """Detach (removing every breakpoint first) and quit; kill gdb only
         if it does not quit: a tracer killed with breakpoints still in
@@ -424,9 +439,15 @@ def archiving_cluster(root, port):
 
 
 def make_standby(primary, root, port, preload=True):
+    """A streaming standby of `primary` at `root`. On this one host a
+    tablespace cannot stay where it is on the primary (pg_basebackup
+    refuses a directory that is not empty): each moves to `root/ts<n>`."""
     standby = Cluster(root, port, preload=preload).fresh()
+    locations = primary.sql("SELECT pg_tablespace_location(oid) FROM pg_tablespace "
+                            "WHERE pg_tablespace_location(oid) <> '' ORDER BY oid")
+    mappings = [f"--tablespace-mapping={loc}={root / f'ts{n}'}" for n, (loc,) in enumerate(locations)]
     as_postgres(PG_BIN / "pg_basebackup", "-D", standby.data, "-R", "-X", "stream", "-c", "fast",
-                "-h", primary.sock, "-p", primary.port, "-U", "postgres")
+                *mappings, "-h", primary.sock, "-p", primary.port, "-U", "postgres")
     with open(standby.data / "postgresql.conf", "a") as f:
         # archive_mode off: a promoted standby must not archive its new
         # timeline into the primary's archive.

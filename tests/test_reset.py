@@ -2,10 +2,12 @@
 another database) as its contents, and keeps everything else that makes
 it that database (src/reset.rs), on btrfs (a snapshot) and XFS (reflinks)."""
 
+import threading
+
 import psycopg
 import pytest
 
-from harness import make_standby, mount, wait_replayed
+from harness import Gdb, make_standby, mount, wait_for, wait_replayed
 
 
 @pytest.fixture(params=["btrfs", "xfs"])
@@ -201,3 +203,184 @@ def test_kill_9_after_a_reset_keeps_the_new_contents(branch):
     finally:
         c.sql("DROP DATABASE IF EXISTS rs_b WITH (FORCE)")
         c.sql("DROP DATABASE IF EXISTS rs_app WITH (FORCE)")
+
+
+class StoppedReset:
+    """`pgbranch.reset('rs_b')` run by a backend that gdb stops at the first
+    call of `function`: the deterministic way to act at one step of it.
+    A libc call marks each step: `setxattr` right after the clone (the
+    "pending" mark, before anything is logged), `renameat2` in the critical
+    section (the record flushed, the swap not yet made), `ForceSyncCommit`
+    at the end (swapped, not committed)."""
+
+    def __init__(self, cluster, function, sql="SELECT pgbranch.reset('rs_b')"):
+        self.conn = cluster.connect()
+        self.pid = self.conn.execute("SELECT pg_backend_pid()").fetchone()[0]
+        self.function = function
+        self.gdb = Gdb(self.pid)
+        self.gdb.run(f"break {function}", "continue")
+        self.error = None
+
+        def run():
+            try:
+                self.conn.execute(sql)
+            except psycopg.Error as e:
+                self.error = e
+
+        self.thread = threading.Thread(target=run, daemon=True)
+        self.thread.start()
+        if not wait_for(self.gdb.stopped):
+            lines = "".join(self.gdb.lines)
+            self.close()
+            raise AssertionError(f"the reset never called {function}: {lines}")
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def resume(self):
+        """Let it go on (breakpoints removed) and wait for its statement."""
+        self.gdb.close()
+        self.thread.join(60)
+        assert not self.thread.is_alive()
+        self.conn.close()
+        return self.error
+
+    def close(self):
+        """Detach (the backend goes on, or was killed) and wait for it."""
+        self.gdb.close()
+        self.thread.join(60)
+        self.conn.close()
+
+
+def registry_row(c):
+    return c.one("SELECT row(parent, reset_count)::text FROM pgbranch.branches WHERE name = 'rs_b'")
+
+
+def test_a_cancel_during_the_clone_leaves_the_branch_as_it_was(cluster):
+    """A cancel that comes while the source is cloned is served right after
+    the clone, before anything is logged: the statement fails with 57014,
+    and the branch keeps its contents, its registry record and no clone."""
+    c = cluster
+    c.sql("UPDATE t SET v = 1", dbname="rs_b")
+    before = (c.one(FINGERPRINT, dbname="rs_b"), registry_row(c))
+    with StoppedReset(c, "setxattr") as r:
+        c.sql("SELECT pg_cancel_backend(%s)", params=(r.pid,))
+        error = r.resume()
+    assert isinstance(error, psycopg.errors.QueryCanceled), error
+    assert (c.one(FINGERPRINT, dbname="rs_b"), registry_row(c)) == before
+    assert not c.db_path("rs_b").with_suffix(".pg_branch_reset").exists()
+
+
+@pytest.mark.parametrize("signal_function", ["pg_cancel_backend", "pg_terminate_backend"])
+def test_a_cancel_or_terminate_after_the_record_waits_for_the_commit(cluster, signal_function):
+    """From the record on the reset cannot be rolled back, so a cancel or
+    terminate request that comes then is served after the commit: the
+    branch has the source's contents and the registry says so. Before
+    interrupts were held to the commit, the cancel was served as the
+    statement ended, which rolled back the registry record of a reset whose
+    swap had been made (the branch held its parent's rows, and its record
+    said it had been reset 0 times)."""
+    c = cluster
+    c.sql("UPDATE t SET v = 1", dbname="rs_b")
+    want = c.one(FINGERPRINT, dbname="rs_app")
+    with StoppedReset(c, "renameat2") as r:
+        c.sql(f"SELECT {signal_function}(%s)", params=(r.pid,))
+        error = r.resume()
+    assert error is None, error
+    # A terminated session ends once the reset has committed and answered.
+    if signal_function == "pg_terminate_backend":
+        assert wait_for(lambda: c.one("SELECT count(*) FROM pg_stat_activity WHERE pid = %s",
+                                      params=(r.pid,)) == 0)
+    assert c.one(FINGERPRINT, dbname="rs_b") == want
+    assert registry_row(c) == "(rs_app,1)"
+    assert not c.db_path("rs_b").with_suffix(".pg_branch_reset").exists()
+
+
+def test_kill_9_before_the_record_keeps_the_old_contents(branch):
+    """A crash after the clone and before the record: the branch keeps its
+    contents and its registry record; the clone stays beside it until the
+    next reset of the branch, which removes it and succeeds."""
+    c = branch
+    make_parent_and_branch(c)
+    try:
+        c.sql("UPDATE t SET v = 1", dbname="rs_b")
+        before = (c.one(FINGERPRINT, dbname="rs_b"), registry_row(c))
+        scratch = c.db_path("rs_b").with_suffix(".pg_branch_reset")
+        with StoppedReset(c, "setxattr"):
+            c.kill9()
+        c.start()
+        assert (c.one(FINGERPRINT, dbname="rs_b"), registry_row(c)) == before
+        assert scratch.is_dir()
+        c.sql("SELECT pgbranch.reset('rs_b')")
+        assert not scratch.exists()
+        assert c.one(FINGERPRINT, dbname="rs_b") == c.one(FINGERPRINT, dbname="rs_app")
+        assert registry_row(c) == "(rs_app,1)"
+    finally:
+        c.sql("DROP DATABASE IF EXISTS rs_b WITH (FORCE)")
+        c.sql("DROP DATABASE IF EXISTS rs_app WITH (FORCE)")
+
+
+def test_kill_9_between_the_record_and_the_swap_finishes_the_swap(branch):
+    """A crash after the record is flushed and before the swap: crash
+    recovery replays the record, finds the directory not yet swapped and
+    the primary's clone beside it, and swaps that in (wal.rs redo_reset).
+    The branch then has the parent's contents, is consistent and writable,
+    and no clone is left."""
+    c = branch
+    make_parent_and_branch(c)
+    try:
+        c.sql("UPDATE t SET v = 1", dbname="rs_b")
+        want = c.one(FINGERPRINT, dbname="rs_app")
+        scratch = c.db_path("rs_b").with_suffix(".pg_branch_reset")
+        with StoppedReset(c, "renameat2"):
+            c.kill9()
+        c.start()
+        assert c.one(FINGERPRINT, dbname="rs_b") == want
+        assert not scratch.exists()
+        c.sql("UPDATE t SET v = 4 WHERE id = 1", dbname="rs_b")
+        c.sql("CHECKPOINT")
+        assert c.one("SELECT sum(v) FROM t", dbname="rs_b") == 4
+    finally:
+        c.sql("DROP DATABASE IF EXISTS rs_b WITH (FORCE)")
+        c.sql("DROP DATABASE IF EXISTS rs_app WITH (FORCE)")
+
+
+def test_kill_9_between_the_swap_and_the_commit_keeps_the_registry_in_step(branch):
+    """A crash after the swap and before the commit (here, where the reset
+    asks for a synchronous commit): the branch keeps the new contents (its
+    directory is marked with the record), and the registry, whose record
+    never committed, reads the reset's facts from the contents
+    (registry.rs). Before the facts went with the contents, the branch held
+    rs_other's rows while its record still said rs_app, reset 0 times."""
+    c = branch
+    make_parent_and_branch(c)
+    c.sql("CREATE DATABASE rs_other TEMPLATE rs_app")
+    c.sql("UPDATE t SET v = 9", dbname="rs_other")
+    try:
+        with StoppedReset(c, "ForceSyncCommit", "SELECT pgbranch.reset('rs_b', 'rs_other')"):
+            c.kill9()
+        c.start()
+        assert c.one(FINGERPRINT, dbname="rs_b") == c.one(FINGERPRINT, dbname="rs_other")
+        assert registry_row(c) == "(rs_other,1)"
+        assert c.one("SELECT branch_lsn > '0/0' AND reset_at IS NOT NULL FROM pgbranch.branches WHERE name = 'rs_b'")
+        # The next write of the record stores the facts; a second reset
+        # then counts on from them and takes rs_other again (its default
+        # source, read as diverged() reads it: registry::read()).
+        c.sql("SELECT pgbranch.set_expiry('rs_b', interval '1 day')")
+        c.sql("UPDATE t SET v = 10", dbname="rs_other")
+        c.sql("SELECT pgbranch.reset('rs_b')")
+        assert c.one(FINGERPRINT, dbname="rs_b") == c.one(FINGERPRINT, dbname="rs_other")
+        assert registry_row(c) == "(rs_other,2)"
+    finally:
+        for db in ("rs_b", "rs_other", "rs_app"):
+            c.sql(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
+
+
+def make_parent_and_branch(c):
+    c.sql("CREATE DATABASE rs_app STRATEGY FILE_COPY")
+    c.sql("CREATE TABLE t (id int PRIMARY KEY, v int)", dbname="rs_app")
+    c.sql("INSERT INTO t SELECT g, 0 FROM generate_series(1, 1000) g", dbname="rs_app")
+    c.sql("CREATE DATABASE rs_b TEMPLATE rs_app")

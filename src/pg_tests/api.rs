@@ -24,16 +24,17 @@ mod tests {
         );
         assert_eq!(
             labels,
-            "branch_size:vu clear_expiry:vu cluster_size:vu convert_all_to_subvolumes:vu \
+            "branch_record:vr branch_size:vu clear_expiry:vu cluster_size:vu convert_all_to_subvolumes:vu \
              convert_to_subvolume:vu database_storage:vr diverged:vu doctor:vu last_branch:vr orphans:vu \
              remove_orphans:vu reset:vu set_expiry:vu wal_needs_pg_branch:vu"
         );
     }
 
     /// Executable by PUBLIC: `last_branch()`, which shows a session its own
-    /// statement, and the expiry functions and `reset()`, which check
-    /// ownership of the branch themselves as DROP DATABASE does; the rest
-    /// show paths or change the server.
+    /// statement, `branch_record()`, which the `branches` view reads the
+    /// registry through, and the expiry functions and `reset()`, which
+    /// check ownership of the branch themselves as DROP DATABASE does; the
+    /// rest show paths or change the server.
     #[pg_test]
     fn api_privileges() {
         Spi::run("CREATE ROLE branch_api_nobody").unwrap();
@@ -42,7 +43,10 @@ mod tests {
               WHERE pronamespace = 'pgbranch'::regnamespace
                 AND has_function_privilege('branch_api_nobody', oid, 'EXECUTE')",
         );
-        assert_eq!(executable, "clear_expiry last_branch reset set_expiry");
+        assert_eq!(
+            executable,
+            "branch_record clear_expiry last_branch reset set_expiry"
+        );
         // Reading extent maps is for those who may read server files.
         let readers: bool = one("SELECT has_function_privilege('pg_read_server_files',
                                            'pgbranch.branch_size(text)', 'EXECUTE')

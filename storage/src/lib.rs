@@ -38,7 +38,7 @@ pub use clone::{clone_dir, Cloned};
 pub use convert::{convert_to_subvolume, remove_convert_leftover, Converted};
 pub use error::{errno_text, Error};
 pub use fsutil::{exchange_dirs, presync, remove_dir};
-pub use mark::{record_mark, set_record_mark};
+pub use mark::{record_mark, reset_facts, set_record_mark, set_reset_facts};
 pub use mountinfo::{fs_name, mount_options};
 pub use names::{
     database_dir_name, looks_like_temp_rel_name, relation_file_name, CONVERT_SUFFIX, REDO_SUFFIX,

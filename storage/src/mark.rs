@@ -36,6 +36,35 @@ pub fn record_mark(dir: &Path) -> io::Result<Option<String>> {
     }
 }
 
+/// The extended attribute that carries, with a reset branch's contents,
+/// what the registry says of the reset that put them there (see
+/// [`set_reset_facts`]).
+const RESET_FACTS: &CStr = c"user.pg_branch.reset";
+
+/// Record on directory `dir` the registry's facts of the reset that made
+/// its contents (the server writes a JSON object), before the directory is
+/// swapped into place; the caller fsyncs it. The facts travel with the
+/// contents, atomically, where the registry's own record (a catalog row)
+/// waits for the commit: after a crash between the swap and the commit the
+/// facts are the newer, and the server reads them instead.
+pub fn set_reset_facts(dir: &Path, facts: &str) -> io::Result<()> {
+    setxattr(dir, RESET_FACTS, facts.as_bytes())
+}
+
+/// The facts [`set_reset_facts`] left on `dir`, if any.
+pub fn reset_facts(dir: &Path) -> io::Result<Option<String>> {
+    let mut buf = [0u8; 2048];
+    match getxattr(dir, RESET_FACTS, &mut buf) {
+        Ok(n) => Ok(Some(String::from_utf8_lossy(&buf[..n]).into_owned())),
+        Err(e) => match e.raw_os_error() {
+            Some(libc::ENODATA) | Some(libc::ENOTSUP) | Some(libc::ERANGE) | Some(libc::ENOENT) => {
+                Ok(None)
+            }
+            _ => Err(e),
+        },
+    }
+}
+
 // nix has no extended-attribute calls: these two are libc's, behind safe
 // signatures.
 
