@@ -11,7 +11,9 @@ use crate::fence::LockTable;
 use crate::ffi;
 use crate::gucs;
 use crate::registry;
-use pg_branch_storage::{can_reflink_in, fs_name, is_nocow, mount_options, Method, CONVERT_SUFFIX};
+use pg_branch_storage::{
+    can_reflink_in, fs_name, is_nocow, mount_options, Method, CONVERT_SUFFIX, RESET_SUFFIX,
+};
 use pgrx::pg_sys::{self, Oid};
 use std::ffi::CString;
 
@@ -69,7 +71,7 @@ pub fn run() -> Vec<Check> {
     out.push(wal_record());
     out.push(base_backups());
     let orphans = cleanup::orphans(cleanup::Purpose::List);
-    out.extend(interrupted_conversions(&orphans));
+    out.extend(interrupted_leftovers(&orphans));
     out.push(orphans_check(orphans));
     out.extend(registry_checks());
     out.push(expiry_worker());
@@ -540,9 +542,12 @@ fn orphans_check(found: Vec<cleanup::Orphan>) -> Check {
     .hint("SELECT * FROM pgbranch.remove_orphans();")
 }
 
-/// Leftovers of a conversion that a crash interrupted, of databases that
-/// still exist (those of dropped ones are among the `orphans`).
-fn interrupted_conversions(orphans: &[cleanup::Orphan]) -> Vec<Check> {
+/// Leftovers of a conversion or a reset that a crash (or, for a reset, a
+/// FATAL before its record) interrupted, of databases that still exist
+/// (those of dropped ones are among the `orphans`). A reset under way has
+/// its clone there too, for as long as it runs: the listing is a hint, as
+/// every doctor() row is.
+fn interrupted_leftovers(orphans: &[cleanup::Orphan]) -> Vec<Check> {
     let mut out = Vec::new();
     for ts in catalog::tablespaces() {
         let Ok(entries) = std::fs::read_dir(catalog::tablespace_dir(ts)) else {
@@ -550,21 +555,30 @@ fn interrupted_conversions(orphans: &[cleanup::Orphan]) -> Vec<Check> {
         };
         for e in entries.flatten() {
             let path = e.path();
-            if path.extension().and_then(|x| x.to_str()) == Some(CONVERT_SUFFIX)
-                && !orphans.iter().any(|o| o.path == path)
-            {
-                out.push(
-                    check(
-                        "interrupted conversion",
-                        "warning",
-                        format!(
-                            "\"{}\" was left by a conversion that did not finish",
-                            path.display()
-                        ),
-                    )
-                    .hint("Converting the database again removes it."),
-                );
+            if orphans.iter().any(|o| o.path == path) {
+                continue;
             }
+            let (item, what, hint) = match path.extension().and_then(|x| x.to_str()) {
+                Some(CONVERT_SUFFIX) => (
+                    "interrupted conversion",
+                    "a conversion that did not finish",
+                    "Converting the database again removes it.",
+                ),
+                Some(RESET_SUFFIX) => (
+                    "interrupted reset",
+                    "a reset that did not finish, or one under way",
+                    "Resetting the branch again removes it.",
+                ),
+                _ => continue,
+            };
+            out.push(
+                check(
+                    item,
+                    "warning",
+                    format!("\"{}\" was left by {what}", path.display()),
+                )
+                .hint(hint),
+            );
         }
     }
     out

@@ -172,6 +172,10 @@ pub fn reset(name: &str, source: Option<&str>, force: bool) {
     remove_or_error(&scratch);
     let _ = presync(&step.src);
     let fence = Fence::raise(src.oid, src.tablespace, &csource);
+    // SAFETY: writes out the shared buffers of the fenced source: every
+    // page its committed transactions changed goes to the kernel, so the
+    // clone sees it (branch.rs step 6).
+    unsafe { pg_sys::FlushDatabaseBuffers(src.oid) };
     // Until the record, an ERROR (a cancel served below included) or a
     // FATAL leaves the old contents; an ERROR also removes the clone. The
     // clone a FATAL leaves is removed by the next reset of this branch.

@@ -7,7 +7,7 @@ import threading
 import psycopg
 import pytest
 
-from harness import Gdb, make_standby, mount, wait_for, wait_replayed
+from harness import PG_BIN, Cluster, Gdb, as_postgres, make_standby, mount, wait_for, wait_replayed
 
 
 @pytest.fixture(params=["btrfs", "xfs"])
@@ -145,12 +145,10 @@ def test_a_standby_resets_with_the_primary_and_its_sessions_go(branch):
     clones its own copy of the source and swaps it in; its hot-standby
     sessions on the branch are cancelled as for a DROP DATABASE."""
     c = branch
-    c.sql("CREATE DATABASE rs_app STRATEGY FILE_COPY")
-    c.sql("CREATE TABLE t (id int PRIMARY KEY, v int)", dbname="rs_app")
-    c.sql("INSERT INTO t SELECT g, 0 FROM generate_series(1, 1000) g", dbname="rs_app")
-    c.sql("CREATE DATABASE rs_b TEMPLATE rs_app")
-    standby = make_standby(c, mount("PG_BRANCH_TEST_BTRFS2") / "pytest-reset-standby", 5541)
+    make_parent_and_branch(c)
+    standby = None
     try:
+        standby = make_standby(c, mount("PG_BRANCH_TEST_BTRFS2") / "pytest-reset-standby", 5541)
         c.sql("UPDATE t SET v = 1", dbname="rs_b")
         c.sql("INSERT INTO t SELECT g, 2 FROM generate_series(1001, 1200) g", dbname="rs_app")
         wait_replayed(c, standby)
@@ -178,7 +176,8 @@ def test_a_standby_resets_with_the_primary_and_its_sessions_go(branch):
         wait_replayed(c, standby)
         assert standby.one(FINGERPRINT, dbname="rs_b") == c.one(FINGERPRINT, dbname="rs_b")
     finally:
-        standby.stop(mode="immediate", check=False)
+        if standby is not None:
+            standby.stop(mode="immediate", check=False)
         c.sql("DROP DATABASE IF EXISTS rs_b WITH (FORCE)")
         c.sql("DROP DATABASE IF EXISTS rs_app WITH (FORCE)")
 
@@ -301,8 +300,9 @@ def test_a_cancel_or_terminate_after_the_record_waits_for_the_commit(cluster, si
 
 def test_kill_9_before_the_record_keeps_the_old_contents(branch):
     """A crash after the clone and before the record: the branch keeps its
-    contents and its registry record; the clone stays beside it until the
-    next reset of the branch, which removes it and succeeds."""
+    contents and its registry record; the clone stays beside it, shown by
+    doctor() (not an orphan: its database exists), until the next reset of
+    the branch, which removes it and succeeds."""
     c = branch
     make_parent_and_branch(c)
     try:
@@ -314,8 +314,12 @@ def test_kill_9_before_the_record_keeps_the_old_contents(branch):
         c.start()
         assert (c.one(FINGERPRINT, dbname="rs_b"), registry_row(c)) == before
         assert scratch.is_dir()
+        doctor = "SELECT status, hint FROM pgbranch.doctor() WHERE item = 'interrupted reset'"
+        assert c.sql(doctor) == [("warning", "Resetting the branch again removes it.")]
+        assert c.sql("SELECT * FROM pgbranch.orphans()") == []
         c.sql("SELECT pgbranch.reset('rs_b')")
         assert not scratch.exists()
+        assert c.sql(doctor) == []
         assert c.one(FINGERPRINT, dbname="rs_b") == c.one(FINGERPRINT, dbname="rs_app")
         assert registry_row(c) == "(rs_app,1)"
     finally:
@@ -377,6 +381,39 @@ def test_kill_9_between_the_swap_and_the_commit_keeps_the_registry_in_step(branc
     finally:
         for db in ("rs_b", "rs_other", "rs_app"):
             c.sql(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
+
+
+def test_pg_rewind_stops_at_a_reset_only_the_old_primary_made():
+    """A reset after the failover, on the old primary only: pg_rewind could
+    not bring its branch back block by block (the reset replaced every file
+    without logging a block), and the record's XLR_SPECIAL_REL_UPDATE makes
+    it stop before it changes anything. The old primary still starts as it
+    was; `pg_basebackup` makes it a standby again."""
+    p = Cluster(mount("PG_BRANCH_TEST_BTRFS") / "pytest-reset-rewind-p", 5542,
+                extra_conf="wal_log_hints = on\nwal_keep_size = '256MB'").init().start()
+    s = None
+    try:
+        p.sql("CREATE EXTENSION pg_branch")
+        make_parent_and_branch(p)
+        s = make_standby(p, mount("PG_BRANCH_TEST_BTRFS2") / "pytest-reset-rewind-s", 5543)
+        wait_replayed(p, s)
+        as_postgres(PG_BIN / "pg_ctl", "-D", s.data, "-w", "promote")
+        assert wait_for(lambda: not s.one("SELECT pg_is_in_recovery()"))
+        p.sql("UPDATE t SET v = 8", dbname="rs_app")
+        p.sql("SELECT pgbranch.reset('rs_b')")
+        want = p.one(FINGERPRINT, dbname="rs_b")
+        p.stop()
+        done = as_postgres(PG_BIN / "pg_rewind", "-D", p.data,
+                           "--source-server", f"host={s.sock} port={s.port} user=postgres dbname=postgres",
+                           check=False)
+        assert done.returncode != 0
+        assert "record type is not recognized" in done.stderr, done.stderr
+        p.start()
+        assert p.one(FINGERPRINT, dbname="rs_b") == want
+    finally:
+        if s is not None:
+            s.stop(mode="immediate", check=False)
+        p.stop(mode="immediate", check=False)
 
 
 def make_parent_and_branch(c):
