@@ -402,6 +402,48 @@ def test_a_base_backup_and_point_in_time_recovery_restore_the_registry(primary):
         drop(c, "pitr_3", "pitr_2", "pitr_1")
 
 
+def test_point_in_time_recovery_across_resets_restores_the_contents_of_the_target(primary):
+    """A reset replayed from the archive (BRANCH_RESET's redo, before
+    consistency is reached and after), stopped between two resets: the
+    branch has the contents and the registry row of the first, not the
+    second's."""
+    c = primary
+    total = "SELECT row(count(*), sum(g))::text FROM t"
+    c.sql("CREATE DATABASE pitr_r TEMPLATE app")
+    c.sql("CREATE DATABASE pitr_src TEMPLATE app")
+    restore = Cluster(mount("PG_BRANCH_TEST_BTRFS2") / "pytest-registry-pitr", 5532).fresh()
+    try:
+        as_postgres(PG_BIN / "pg_basebackup", "-D", restore.data, "-X", "none", "-c", "fast",
+                    "-h", c.sock, "-p", c.port, "-U", "postgres")
+        c.sql("DELETE FROM t WHERE g > 900", dbname="pitr_r")
+        c.sql("INSERT INTO t SELECT generate_series(1001, 1100)", dbname="app")
+        c.sql("SELECT pgbranch.reset('pitr_r')")
+        c.sql("INSERT INTO t VALUES (5000)", dbname="pitr_r")
+        want = c.one(total, dbname="pitr_r")
+        expected = c.sql(VIEW + " WHERE name = 'pitr_r'")
+        assert expected[0][-2] == 1  # reset_count
+        target = c.one("SELECT clock_timestamp()")
+        c.sql("DELETE FROM t", dbname="pitr_src")
+        c.sql("SELECT pgbranch.reset('pitr_r', 'pitr_src')")
+        assert c.one(total, dbname="pitr_r") != want
+        wait_archived(c)
+        with open(restore.data / "postgresql.conf", "a") as f:
+            f.write(f"port = {restore.port}\nunix_socket_directories = '{restore.sock}'\n"
+                    f"restore_command = 'cp {c.archive}/%f %p'\narchive_mode = off\n"
+                    f"recovery_target_time = '{target.isoformat()}'\nrecovery_target_action = 'promote'\n")
+        (restore.data / "recovery.signal").touch()
+        shutil.chown(restore.data / "recovery.signal", "postgres", "postgres")
+        restore.start()
+        assert wait_for(lambda: not restore.one("SELECT pg_is_in_recovery()"), 120)
+        assert restore.one(total, dbname="pitr_r") == want
+        assert restore.sql(VIEW + " WHERE name = 'pitr_r'") == expected
+        restore.sql("SELECT pgbranch.reset('pitr_r')")
+        assert restore.one(total, dbname="pitr_r") == restore.one(total, dbname="app")
+    finally:
+        restore.stop(mode="immediate", check=False)
+        drop(c, "pitr_r", "pitr_src")
+
+
 def test_the_reader_needs_no_privilege(primary):
     c = primary
     c.sql("CREATE DATABASE read_1 TEMPLATE app")
