@@ -7,7 +7,7 @@ import threading
 import psycopg
 import pytest
 
-from harness import PG_BIN, Cluster, Gdb, as_postgres, make_standby, mount, wait_for, wait_replayed
+from harness import PG_BIN, Cluster, Gdb, as_postgres, make_standby, mount, oracle, wait_for, wait_replayed
 
 
 @pytest.fixture(params=["btrfs", "xfs"])
@@ -271,6 +271,56 @@ def test_a_cancel_during_the_clone_leaves_the_branch_as_it_was(cluster):
     assert isinstance(error, psycopg.errors.QueryCanceled), error
     assert (c.one(FINGERPRINT, dbname="rs_b"), registry_row(c)) == before
     assert not c.db_path("rs_b").with_suffix(".pg_branch_reset").exists()
+
+
+def test_a_terminate_during_the_clone_leaves_the_branch_as_it_was(cluster):
+    """The same with pg_terminate_backend(): a FATAL, served right after
+    the clone. The branch keeps its contents and record; the clone stays
+    (a FATAL runs no ERROR cleanup), doctor() shows it, and the next reset
+    removes it."""
+    c = cluster
+    c.sql("UPDATE t SET v = 1", dbname="rs_b")
+    before = (c.one(FINGERPRINT, dbname="rs_b"), registry_row(c))
+    with StoppedReset(c, "setxattr") as r:
+        c.sql("SELECT pg_terminate_backend(%s)", params=(r.pid,))
+        error = r.resume()
+    assert isinstance(error, psycopg.errors.AdminShutdown), error
+    assert wait_for(lambda: c.one("SELECT count(*) FROM pg_stat_activity WHERE pid = %s", params=(r.pid,)) == 0)
+    assert (c.one(FINGERPRINT, dbname="rs_b"), registry_row(c)) == before
+    assert c.one("SELECT count(*) FROM pgbranch.doctor() WHERE item = 'interrupted reset'") == 1
+    c.sql("SELECT pgbranch.reset('rs_b')")
+    assert not c.db_path("rs_b").with_suffix(".pg_branch_reset").exists()
+    assert registry_row(c) == "(rs_app,1)"
+
+
+def test_reset_while_the_parent_has_writers(cluster):
+    """The parent under pgbench while the branch is reset three times: each
+    time the branch gets a consistent state of it (pgbench's invariant and
+    amcheck), keeps its identity, and pgbench goes on."""
+    c = cluster
+    c.sql("CREATE DATABASE rs_pg")
+    c.pgbench("-q", "-i", "-s", "2", "rs_pg")
+    c.sql("CREATE DATABASE rs_pgb TEMPLATE rs_pg")
+    try:
+        c.sql("ALTER DATABASE rs_pgb SET work_mem = '9MB'")
+        c.sql("GRANT CONNECT ON DATABASE rs_pgb TO rs_reader")
+        before = identity(c, "rs_pgb")
+        load = c.pgbench("-n", "-c", "2", "-j", "1", "-T", "600", "rs_pg", background=True)
+        try:
+            assert wait_for(lambda: c.one("SELECT count(*) FROM pgbench_history", dbname="rs_pg") > 0)
+            counts = []
+            for _ in range(3):
+                c.sql("SELECT pgbranch.reset('rs_pgb')")
+                counts.append(oracle(c, "rs_pgb"))
+                assert identity(c, "rs_pgb") == before
+        finally:
+            load.terminate()
+            load.wait(30)
+        assert c.one("SELECT count(*) FROM pgbench_history", dbname="rs_pg") > counts[0]
+        assert c.one("SELECT reset_count FROM pgbranch.branches WHERE name = 'rs_pgb'") == 3
+    finally:
+        c.sql("DROP DATABASE IF EXISTS rs_pgb WITH (FORCE)")
+        c.sql("DROP DATABASE IF EXISTS rs_pg WITH (FORCE)")
 
 
 @pytest.mark.parametrize("signal_function", ["pg_cancel_backend", "pg_terminate_backend"])
