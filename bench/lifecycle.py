@@ -12,6 +12,12 @@ set_expiry(), diverged() of an untouched branch, branch_size() and
 diverged() of one branch after an UPDATE of 1 % of its accounts,
 branch_size() of the template, and cluster_size().
 
+Reset in place: RESETS times, a branch whose accounts were updated (1 %)
+is reset to the template with pgbranch.reset(), timed, against what a
+user does without it in the same run: DROP DATABASE and CREATE DATABASE
+... TEMPLATE again (a new OID, settings and grants lost), by pg_branch and
+by core's FILE_COPY. Printed as a second table after the first.
+
 PG_BIN selects the server (bench/run.sh sets it from PG_VERSION).
 """
 
@@ -23,7 +29,8 @@ from pathlib import Path
 from harness import Cluster, pct
 
 SIZES = [int(s) for s in os.environ.get("SIZES", "70 350").split()]
-RUNS = int(os.environ.get("RUNS", "50"))
+RUNS = max(4, int(os.environ.get("RUNS", "50")))
+RESETS = int(os.environ.get("RESETS", "5"))
 
 
 def timed(c, sql, dbname="postgres"):
@@ -40,6 +47,7 @@ def main():
         print(f"{'scale':>5} {'GB':>5} | {'branch p50':>10} {'p99':>7} {'record p50':>10} {'p99':>6} {'share':>6} | "
               f"{'core FILE_COPY':>14} | {'branches':>8} {'set_expiry':>10} | {'diverged, idle':>14} {'rows':>4} | "
               f"{'branch_size':>11} {'diverged':>8} {'rows':>4} {'of template':>11} {'cluster_size':>12}  (ms)")
+        resets = []
         for scale in SIZES:
             c.sql("DROP DATABASE IF EXISTS tpl")
             c.sql("CREATE DATABASE tpl")
@@ -72,8 +80,27 @@ def main():
                   f"{view_ms:>8.1f} {expiry_ms:>10.1f} | {idle_ms:>14.0f} {len(idle):>4} | {size_ms:>11.0f} {diverged_ms:>8.0f} "
                   f"{len(diverged):>4} {tpl_ms:>11.0f} {cluster_ms:>12.0f}",
                   flush=True)
+            reset, recreate, core = [], [], []
+            touch = "UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid % 100 = 1"
+            for _ in range(RESETS):
+                c.sql(touch, dbname="lc_2")
+                reset.append(timed(c, "SELECT pgbranch.reset('lc_2')")[0])
+                c.sql(touch, dbname="lc_3")
+                recreate.append(timed(c, "DROP DATABASE lc_3")[0] + timed(c, "CREATE DATABASE lc_3 TEMPLATE tpl")[0])
+            assert c.one("SELECT reset_count FROM pgbranch.branches WHERE name = 'lc_2'") == RESETS
+            for _ in range(min(RESETS, 2)):
+                c.sql(touch, dbname="lc_3")
+                core.append(timed(c, "DROP DATABASE lc_3")[0]
+                            + timed(c, "CREATE DATABASE lc_3 TEMPLATE tpl STRATEGY FILE_COPY")[0])
+            resets.append((scale, gb, reset, recreate, core))
             for i in range(RUNS):
                 c.sql(f"DROP DATABASE lc_{i}")
+        print(f"\n{'scale':>5} {'GB':>5} | {'reset p50':>9} {'max':>7} | {'DROP+CREATE (pg_branch) p50':>27} | "
+              f"{'DROP+CREATE (core FILE_COPY) p50':>32} {'ratio':>6}  (ms, {RESETS} resets)")
+        for scale, gb, reset, recreate, core in resets:
+            r = statistics.median(reset)
+            print(f"{scale:>5} {gb:>5.2f} | {r:>9.1f} {max(reset):>7.1f} | {statistics.median(recreate):>27.1f} | "
+                  f"{statistics.median(core):>32.0f} {statistics.median(core) / r:>5.0f}x", flush=True)
     finally:
         c.stop(check=False)
 

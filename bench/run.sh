@@ -11,12 +11,13 @@
 #   bash bench/run.sh during-backup     a branch while pg_backup_start runs (written into WAL page by page), against
 #                                       the fast path and core's WAL_LOG and FILE_COPY
 #   bash bench/run.sh lifecycle         the registry's cost per branch (record_ms against total_ms), reading
-#                                       pgbranch.branches, set_expiry(), branch_size(), diverged(), cluster_size() at 1 and 5 GB
+#                                       pgbranch.branches, set_expiry(), branch_size(), diverged(), cluster_size() at 1 and 5 GB,
+#                                       and reset() against DROP + CREATE DATABASE (pg_branch and core FILE_COPY)
 #   bash bench/run.sh snapshot-latency  no server: our snapshot ioctl against the btrfsutil crate, 200 each,
 #                                       interleaved (bench/snapshot_latency; installs libbtrfsutil-dev)
 #
 # Settings: SCALE (pgbench scale of the template); latency: RUNS;
-# live-template: SECONDS_PER_RUN, BRANCHES; lifecycle: SIZES (default "70 350"), RUNS; filesystems, during-backup: RUNS; hook-overhead: N, CHUNK; suite: SIZES
+# live-template: SECONDS_PER_RUN, BRANCHES; lifecycle: SIZES (default "70 350"), RUNS, RESETS (default 5); filesystems, during-backup: RUNS; hook-overhead: N, CHUNK; suite: SIZES
 # (pgbench scales, default "7 70 350"), RUNS, CORE_RUNS_LARGE, BRANCHES, PARTS;
 # PG_VERSION picks the server (default 15).
 set -euo pipefail
