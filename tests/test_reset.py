@@ -423,7 +423,11 @@ def test_kill_9_between_the_swap_and_the_commit_keeps_the_registry_in_step(branc
         # The next write of the record stores the facts; a second reset
         # then counts on from them and takes rs_other again (its default
         # source, read as diverged() reads it: registry::read()).
+        stored = """SELECT l.label::jsonb ->> 'reset_count' FROM pg_shseclabel l JOIN pg_database d ON d.oid = l.objoid
+                     WHERE l.provider = 'pg_branch' AND d.datname = 'rs_b'"""
+        assert c.one(stored) == "0"
         c.sql("SELECT pgbranch.set_expiry('rs_b', interval '1 day')")
+        assert c.one(stored) == "1"
         c.sql("UPDATE t SET v = 10", dbname="rs_other")
         c.sql("SELECT pgbranch.reset('rs_b')")
         assert c.one(FINGERPRINT, dbname="rs_b") == c.one(FINGERPRINT, dbname="rs_other")
