@@ -381,8 +381,8 @@ def test_kill_9_between_the_record_and_the_swap_finishes_the_swap(branch):
     """A crash after the record is flushed and before the swap: crash
     recovery replays the record, finds the directory not yet swapped and
     the primary's clone beside it, and swaps that in (wal.rs redo_reset).
-    The branch then has the parent's contents, is consistent and writable,
-    and no clone is left."""
+    The branch then has the parent's contents and the registry says so, it
+    is consistent and writable, and no clone is left."""
     c = branch
     make_parent_and_branch(c)
     try:
@@ -394,6 +394,9 @@ def test_kill_9_between_the_record_and_the_swap_finishes_the_swap(branch):
         c.start()
         assert c.one(FINGERPRINT, dbname="rs_b") == want
         assert not scratch.exists()
+        # The transaction never committed; the registry reads the reset's
+        # facts from the contents (registry.rs).
+        assert registry_row(c) == "(rs_app,1)"
         c.sql("UPDATE t SET v = 4 WHERE id = 1", dbname="rs_b")
         c.sql("CHECKPOINT")
         assert c.one("SELECT sum(v) FROM t", dbname="rs_b") == 4
