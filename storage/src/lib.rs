@@ -44,7 +44,8 @@ pub use names::{
     database_dir_name, looks_like_temp_rel_name, relation_file_name, CONVERT_SUFFIX, REDO_SUFFIX,
     RESET_SUFFIX,
 };
-pub use probe::{can_reflink_in, is_nocow, is_subvolume, probe};
+pub use probe::{can_reflink_in, is_nocow, is_subvolume, probe, same_filesystem};
+pub use reflink::clone_file;
 pub use usage::{referenced_bytes, usage, Extents, Usage};
 
 use std::fmt;

@@ -186,3 +186,13 @@ pub fn is_nocow(path: &Path) -> io::Result<bool> {
 pub fn is_subvolume(dir: &Path) -> io::Result<bool> {
     btrfs::is_subvolume(dir)
 }
+
+/// Whether `a` and `b` are on one filesystem, so that blocks can be shared
+/// between them: the same btrfs filesystem UUID (each subvolume has a
+/// device number of its own), or else the same device.
+pub fn same_filesystem(a: &Path, b: &Path) -> io::Result<bool> {
+    if btrfs::is_btrfs(a)? && btrfs::is_btrfs(b)? {
+        return Ok(btrfs::fsid(a)? == btrfs::fsid(b)?);
+    }
+    Ok(std::fs::metadata(a)?.dev() == std::fs::metadata(b)?.dev())
+}
