@@ -88,4 +88,9 @@ install_extension() {
         (cd "$REPO" && CARGO_TARGET_DIR="$REPO/target/pg$PG_VERSION" cargo pgrx install \
             --pg-config "$PG_CONFIG" --no-default-features --features "pg$PG_VERSION" "$@") >&2
     fi
+    # The command-line tool (pg_branch fork) goes beside pg_ctl and
+    # pg_basebackup. It speaks the wire protocol, so one build serves
+    # every version.
+    (cd "$REPO" && cargo build --release -p pg_branch_fork) >&2
+    install -m 755 "$REPO/target/release/pg_branch" "$("$PG_CONFIG" --bindir)/pg_branch"
 }

@@ -23,7 +23,7 @@ cd "$REPO"
 PG_VERSIONS=${PG_VERSIONS:-15 18 16 17}
 FULL_VERSIONS=${FULL_VERSIONS:-15 18}
 SOME_TESTS=(tests/test_parity.py tests/test_fidelity.py tests/test_branch.py tests/test_filesystems.py tests/test_live_template.py
-            tests/test_upgrade.py tests/test_registry.py tests/test_diverged.py)
+            tests/test_upgrade.py tests/test_registry.py tests/test_diverged.py tests/test_fork.py)
 
 bash scripts/setup.sh
 for v in $PG_VERSIONS; do
@@ -58,9 +58,9 @@ if [ $# -eq 0 ]; then
         fi
     done
     step "pyflakes (test and benchmark scripts)" "$VENV/bin/pyflakes" tests bench scripts
-    step "no import circles between modules" python3 scripts/import_cycles.py src storage/src
-    say "storage tests on btrfs, XFS and ext4 loop mounts"
-    if out=$(cargo test -p pg_branch_storage 2>&1); then :; else failed=$((failed + 1)); fi
+    step "no import circles between modules" python3 scripts/import_cycles.py src storage/src fork/src
+    say "storage tests on btrfs, XFS and ext4 loop mounts; the fork command's unit tests"
+    if out=$(cargo test -p pg_branch_storage -p pg_branch_fork 2>&1); then :; else failed=$((failed + 1)); fi
     echo "$out"
     count_cargo_tests "$out"
 fi
