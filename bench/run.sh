@@ -13,11 +13,13 @@
 #   bash bench/run.sh lifecycle         the registry's cost per branch (record_ms against total_ms), reading
 #                                       pgbranch.branches, set_expiry(), branch_size(), diverged(), cluster_size() at 1 and 5 GB,
 #                                       and reset() against DROP + CREATE DATABASE (pg_branch and core FILE_COPY)
+#   bash bench/run.sh fork              pg_branch fork of a 1 GB and a 5 GB cluster, idle and under pgbench: time,
+#                                       extra disk, start; against pg_basebackup to the same filesystem
 #   bash bench/run.sh snapshot-latency  no server: our snapshot ioctl against the btrfsutil crate, 200 each,
 #                                       interleaved (bench/snapshot_latency; installs libbtrfsutil-dev)
 #
 # Settings: SCALE (pgbench scale of the template); latency: RUNS;
-# live-template: SECONDS_PER_RUN, BRANCHES; lifecycle: SIZES (default "70 350"), RUNS, RESETS (default 5); filesystems, during-backup: RUNS; hook-overhead: N, CHUNK; suite: SIZES
+# live-template: SECONDS_PER_RUN, BRANCHES; lifecycle: SIZES (default "70 350"), RUNS, RESETS (default 5); fork: SIZES, RUNS (default 5); filesystems, during-backup: RUNS; hook-overhead: N, CHUNK; suite: SIZES
 # (pgbench scales, default "7 70 350"), RUNS, CORE_RUNS_LARGE, BRANCHES, PARTS;
 # PG_VERSION picks the server (default 15).
 set -euo pipefail
@@ -53,7 +55,8 @@ case "${1:-}" in
         exec "$VENV/bin/python" "$REPO/bench/filesystems.py"
         ;;
     lifecycle) exec "$VENV/bin/python" "$REPO/bench/lifecycle.py" ;;
+    fork) exec "$VENV/bin/python" "$REPO/bench/fork.py" ;;
     hook-overhead) exec "$VENV/bin/python" "$REPO/bench/hook_overhead.py" ;;
     during-backup) exec "$VENV/bin/python" "$REPO/bench/during_backup.py" ;;
-    *) die "usage: bench/run.sh suite|latency|live-template|filesystems|lifecycle|hook-overhead|during-backup|snapshot-latency" ;;
+    *) die "usage: bench/run.sh suite|latency|live-template|filesystems|lifecycle|fork|hook-overhead|during-backup|snapshot-latency" ;;
 esac

@@ -6,7 +6,9 @@ its databases subvolumes again, and the source never disturbed."""
 
 import os
 import shutil
+import signal
 import subprocess
+from contextlib import contextmanager
 
 import pytest
 
@@ -38,11 +40,17 @@ def fresh_root(root):
         c = Cluster(root, 0)
         c.stop(mode="immediate", check=False)
         shutil.rmtree(root)
-    for extra in (root.parent / f"{root.name}-ts", root / "data.tblspc"):
-        shutil.rmtree(extra, ignore_errors=True)
-    root.mkdir(parents=True)
-    shutil.chown(root, "postgres", "postgres")
+    shutil.rmtree(mount("PG_BRANCH_TEST_BTRFS2") / root.name, ignore_errors=True)
+    owned_dir(root)
     return root
+
+
+def owned_dir(path):
+    """A new directory the fork (run as postgres) may fill: the test
+    mounts' roots belong to root, as on a fresh machine."""
+    path.mkdir(parents=True)
+    shutil.chown(path, "postgres", "postgres")
+    return path
 
 
 def leftovers(root):
@@ -77,10 +85,7 @@ def source():
 
 def mapping(source, root):
     """The fork's tablespace on the tablespace's own filesystem."""
-    ts = root.parent / f"{root.name}-ts"
-    ts_new = mount("PG_BRANCH_TEST_BTRFS2") / f"{root.name}-ts"
-    shutil.rmtree(ts, ignore_errors=True)
-    shutil.rmtree(ts_new, ignore_errors=True)
+    ts_new = owned_dir(mount("PG_BRANCH_TEST_BTRFS2") / root.name) / "ts"
     return ts_new, f"--tablespace-mapping={source.ts_dir}={ts_new}"
 
 
@@ -198,11 +203,9 @@ def test_a_fork_of_a_standby_is_a_consistent_copy_of_the_standby(source):
         assert wait_for(lambda: source.one("SELECT count(*) FROM pgbench_history", dbname="plain") > 20)
         source.sql("INSERT INTO markers VALUES ('replayed')", dbname="b1")
         wait_replayed(source, sb)
-        tmaps = [f"--tablespace-mapping={loc}={root}-ts{n}"
+        tmaps = [f"--tablespace-mapping={loc}={root}/ts{n}"
                  for n, (loc,) in enumerate(sb.sql("SELECT pg_tablespace_location(oid) FROM pg_tablespace "
                                                    "WHERE pg_tablespace_location(oid) <> ''"))]
-        for n in range(len(tmaps)):
-            shutil.rmtree(f"{root}-ts{n}", ignore_errors=True)
         done = fork(sb, f.data, f.port, *tmaps, "--start")
         assert "the standby" in done.stderr
         out = load.communicate(timeout=120)[0]
@@ -356,3 +359,72 @@ def test_a_fork_on_xfs(xfs):
         xfs.sql("DROP TABLE in_ts", dbname="fx")
         xfs.sql("DROP DATABASE fx WITH (FORCE)")
         xfs.sql("DROP TABLESPACE fxts")
+
+
+@contextmanager
+def small_xfs(path, size="300M"):
+    """A small XFS filesystem (reflink) of its own at `path`, to fill up."""
+    image = path.parent / f"{path.name}.img"
+    subprocess.run(["umount", path], capture_output=True)
+    image.unlink(missing_ok=True)
+    subprocess.run(["truncate", "-s", size, image], check=True)
+    subprocess.run(["mkfs.xfs", "-q", "-m", "reflink=1", image], check=True)
+    path.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["mount", "-o", "loop", image, path], check=True)
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", path], check=True)
+        image.unlink()
+
+
+def fill(directory):
+    """Take every free block of the filesystem of `directory`."""
+    st = os.statvfs(directory)
+    subprocess.run(["fallocate", "-l", str(st.f_bavail * st.f_frsize), directory / "filler"], check=True)
+    n = 0
+    try:
+        while True:
+            (directory / f"filler{n}").write_bytes(b"x" * 4096)
+            n += 1
+    except OSError:
+        pass
+
+
+def test_a_full_disk_fails_the_fork_and_leaves_nothing():
+    """The disk fills up after the backup has started (the command stopped
+    there, the disk filled, the command continued): the clone fails with
+    ENOSPC, what was made is removed, and the source's backup ends."""
+    with small_xfs(mount("PG_BRANCH_TEST_BTRFS") / "fork-full") as fs:
+        src = Cluster(fs / "source", 5531).init().start()
+        try:
+            src.sql("CREATE EXTENSION pg_branch")
+            (fs / "forks").mkdir()
+            shutil.chown(fs / "forks", "postgres", "postgres")
+            target = fs / "forks" / "fork"
+            dsn = f"host={src.sock} port={src.port} user=postgres"
+            proc = subprocess.Popen([FORK, "fork", "--source-dsn", dsn, "--target", target, "--port", "5532"],
+                                    user="postgres", group="postgres", extra_groups=[], cwd="/",
+                                    env={"PG_BRANCH_FORK_STOP_AT": "started", "PATH": os.environ["PATH"]},
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            assert wait_for(lambda: proc.poll() is not None or process_state(proc.pid) == "T", 60)
+            assert proc.poll() is None, proc.stderr.read()
+            assert target.exists()
+            fill(fs)
+            proc.send_signal(signal.SIGCONT)
+            _, err = proc.communicate(timeout=60)
+            assert proc.returncode == 1, err
+            assert "No space left on device" in err, err
+            assert not target.exists(), err
+            assert src.one("SELECT count(*) FROM pg_replication_slots") == 0
+            for p in fs.glob("filler*"):
+                p.unlink()
+            f = fork_of(src, fs / "forks", 5532)
+            f.data = target
+            fork(src, target, f.port, "--start")
+            try:
+                assert f.one("SELECT count(*) FROM pg_database") == src.one("SELECT count(*) FROM pg_database")
+            finally:
+                f.stop()
+        finally:
+            src.stop(mode="immediate", check=False)

@@ -5,7 +5,7 @@
 //!
 //! - A database directory (`base/<oid>`, and `<oid>` in a tablespace's
 //!   version directory) is cloned whole by pg_branch's own branch code
-//!   ([`clone_dir`]): one snapshot when it is a btrfs subvolume, else a
+//!   ([`clone_dir_unsynced`]): one snapshot when it is a btrfs subvolume, else a
 //!   reflink per file into a new subvolume (on btrfs) — so the fork's
 //!   databases are subvolumes, and branches inside the fork are O(1).
 //! - Every other file is reflinked; directories are made with the
@@ -15,12 +15,16 @@
 //!   consistent, and it must not be older than any file copied
 //!   (pg_basebackup sends it last for the same reason).
 //!
+//! Nothing is fsynced file by file (on btrfs each fsync of a clone is a
+//! log commit, and a cluster has thousands of files): the fork syncs each
+//! filesystem it wrote once, before it removes its marker (fork.rs, step 6).
+//!
 //! These run between `pg_backup_start` and `pg_backup_stop`, while the
 //! source writes: torn or stale pages in the copy are what recovery from
 //! the backup label repairs, with the full-page images written meanwhile.
 
 use crate::failure::Failure;
-use pg_branch_storage::{clone_dir, clone_file, database_dir_name, probe};
+use pg_branch_storage::{clone_dir_unsynced, clone_file, database_dir_name, probe, Sync};
 use std::fs;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -114,7 +118,9 @@ pub fn clone_data_dir(
 /// `global/pg_control`, last of all (see the module comment).
 pub fn clone_control_file(src: &Path, dst: &Path) -> Result<(), Failure> {
     let (from, to) = (src.join("global/pg_control"), dst.join("global/pg_control"));
-    clone_file(&from, &to).map_err(|e| Failure::io("clone file", &from)(e))
+    clone_file(&from, &to)
+        .map(drop)
+        .map_err(|e| Failure::io("clone file", &from)(e))
 }
 
 /// A tablespace's version directory (`PG_<major>_<catversion>`, the only
@@ -164,7 +170,7 @@ fn clone_databases(src: &Path, dst: &Path, copied: &mut Copied) -> Result<(), Fa
                 )))
             }
         };
-        let cloned = clone_dir(&from, &to, method)?;
+        let cloned = clone_dir_unsynced(&from, &to, method, Sync::Filesystem)?;
         copied.databases += 1;
         copied.files += cloned.files;
         if method == pg_branch_storage::Method::Snapshot {
@@ -212,7 +218,7 @@ fn clone_entry(
         clone_plain(from, to, &[], copied)?;
     } else if kind.is_file() {
         match clone_file(from, to) {
-            Ok(()) => copied.files += 1,
+            Ok(_) => copied.files += 1,
             // Removed since it was listed (a temporary file of the server).
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(Failure::io("clone file", from)(e)),

@@ -82,7 +82,7 @@ pub fn clone_wal(
 /// target (a symlinked pg_wal): a few segments, not the data.
 fn clone_or_copy(from: &Path, to: &Path) -> Result<(), Failure> {
     match pg_branch_storage::clone_file(from, to) {
-        Ok(()) => Ok(()),
+        Ok(_) => Ok(()),
         Err(e)
             if matches!(
                 e.raw_os_error(),

@@ -34,6 +34,30 @@ pub struct Cloned {
 /// On error a partly built `dst` may remain; the caller removes it with
 /// [`remove_dir`](crate::remove_dir) (pg_branch's error cleanup does).
 pub fn clone_dir(src: &Path, dst: &Path, method: Method) -> Result<Cloned, Error> {
+    let cloned = clone_dir_unsynced(src, dst, method, Sync::EachFile)?;
+    fsync_path(dst)?;
+    fsync_path(&parent_of(dst))?;
+    Ok(cloned)
+}
+
+/// Whether [`reflink_files`] fsyncs each clone, or leaves that to one
+/// `syncfs` of the filesystem by the caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sync {
+    EachFile,
+    Filesystem,
+}
+
+/// [`clone_dir`] without making the result durable unless `sync` says each
+/// file: a caller that clones many directories of one filesystem
+/// (`pg_branch fork`) passes [`Sync::Filesystem`] and syncs the filesystem
+/// once at the end instead of paying a log commit per file.
+pub fn clone_dir_unsynced(
+    src: &Path,
+    dst: &Path,
+    method: Method,
+    sync: Sync,
+) -> Result<Cloned, Error> {
     let parent = parent_of(dst);
     let mut skipped_temp_files = 0;
     let mut files = 0;
@@ -70,11 +94,9 @@ pub fn clone_dir(src: &Path, dst: &Path, method: Method) -> Result<Cloned, Error
                 fs::set_permissions(dst, fs::Permissions::from_mode(mode))
                     .map_err(Error::at("chmod", dst))?;
             }
-            files = reflink_files(src, dst, &mut skipped_temp_files)?;
+            files = reflink_files(src, dst, &mut skipped_temp_files, sync)?;
         }
     }
-    fsync_path(dst)?;
-    fsync_path(&parent)?;
     Ok(Cloned {
         method,
         skipped_temp_files,
@@ -88,6 +110,7 @@ pub(crate) fn reflink_files(
     src: &Path,
     dst: &Path,
     skipped_temp_files: &mut usize,
+    sync: Sync,
 ) -> Result<usize, Error> {
     let mut files = 0;
     for entry in read_dir(src)? {
@@ -105,7 +128,11 @@ pub(crate) fn reflink_files(
         {
             continue;
         }
-        match reflink::clone_file(&from, &dst.join(&name)) {
+        let cloned = reflink::clone_file(&from, &dst.join(&name)).and_then(|f| match sync {
+            Sync::EachFile => f.sync_all(),
+            Sync::Filesystem => Ok(()),
+        });
+        match cloned {
             Ok(()) => files += 1,
             // A file that vanished between readdir and open was a
             // dropped relation whose unlink the checkpointer had

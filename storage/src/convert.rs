@@ -3,7 +3,7 @@
 //! left behind.
 
 use crate::btrfs;
-use crate::clone::reflink_files;
+use crate::clone::{reflink_files, Sync};
 use crate::error::Error;
 use crate::fsutil::{dir_mode, exchange_dirs, fsync_path, parent_of, remove_dir};
 use crate::names::CONVERT_SUFFIX;
@@ -68,7 +68,7 @@ pub fn convert_to_subvolume(dir: &Path) -> Result<Converted, Error> {
     }
     let mode = dir_mode(dir)?;
     btrfs::create_subvolume(&tmp, mode).map_err(Error::at("create subvolume", &tmp))?;
-    let swapped = reflink_files(dir, &tmp, &mut 0).and_then(|files| {
+    let swapped = reflink_files(dir, &tmp, &mut 0, Sync::EachFile).and_then(|files| {
         fsync_path(&tmp)?;
         exchange_dirs(dir, &tmp)
             .map_err(|e| Error::at("swap in the subvolume built for", dir)(e))?;
