@@ -26,6 +26,7 @@ Options:
       --new-system-identifier
                              give the fork a system identifier of its own
       --bindir=DIR           where pg_ctl is (default: the source's BINDIR)
+  -v, --verbose              show the time each step takes
   -V, --version              show the version, then exit
   -h, --help                 show this help, then exit
 ";
@@ -40,6 +41,7 @@ pub struct Options {
     pub standby: bool,
     pub new_system_identifier: bool,
     pub bindir: Option<PathBuf>,
+    pub verbose: bool,
 }
 
 #[derive(Debug)]
@@ -105,6 +107,7 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
             "--standby" => o.standby = true,
             "--new-system-identifier" => o.new_system_identifier = true,
             "--bindir" => o.bindir = Some(PathBuf::from(value(name)?)),
+            "-v" | "--verbose" => o.verbose = true,
             "-h" | "--help" => return Ok(Command::Help),
             _ => return Err(format!("unrecognized option \"{arg}\"")),
         }

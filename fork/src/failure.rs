@@ -3,9 +3,13 @@
 //! (`pg_branch: error: …`, `pg_branch: detail: …`, `pg_branch: hint: …`).
 
 use pg_branch_storage::errno_text;
+use postgres::error::SqlState;
 use std::fmt;
 use std::io;
 use std::path::Path;
+
+const PRIVILEGE_HINT: &str = "Connect as a superuser; a role with REPLICATION also needs \
+    the privilege named above, and EXECUTE on pg_backup_start() and pg_backup_stop().";
 
 #[derive(Debug)]
 pub struct Failure {
@@ -46,13 +50,16 @@ impl Failure {
     }
 
     /// A failed statement on the source server: its message, detail and
-    /// hint, after what was being done.
+    /// hint, after what was being done. A missing privilege (42501, worded
+    /// differently by each major version) gets a hint of what is needed.
     pub fn sql(doing: &'static str) -> impl FnOnce(postgres::Error) -> Failure {
         move |e| match e.as_db_error() {
             Some(db) => Failure {
                 message: format!("{doing}: {}", db.message()),
                 detail: db.detail().map(str::to_string),
-                hint: db.hint().map(str::to_string),
+                hint: db.hint().map(str::to_string).or_else(|| {
+                    (*db.code() == SqlState::INSUFFICIENT_PRIVILEGE).then(|| PRIVILEGE_HINT.into())
+                }),
             },
             None => Failure::new(format!("{doing}: {e}")),
         }

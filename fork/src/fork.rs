@@ -21,15 +21,39 @@ use pg_branch_storage::{probe, same_filesystem};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-/// For the tests of interrupted forks: with `PG_BRANCH_FORK_STOP_AT=<step>`
-/// the command stops itself (SIGSTOP) at that step, for the test to kill
-/// it there with SIGKILL. Without the variable this does nothing.
-fn stop_point(step: &str) {
-    if std::env::var("PG_BRANCH_FORK_STOP_AT").is_ok_and(|s| s == step) {
-        eprintln!("pg_branch: stopping at \"{step}\" (PG_BRANCH_FORK_STOP_AT)");
-        // SAFETY: raise() has no memory-safety preconditions.
-        unsafe { libc::raise(libc::SIGSTOP) };
+/// The steps' clock: with `--verbose`, each step's time on stderr.
+struct Steps {
+    verbose: bool,
+    last: Instant,
+}
+
+impl Steps {
+    fn lap(&mut self, what: &str) {
+        if self.verbose {
+            let ms = self.last.elapsed().as_secs_f64() * 1000.0;
+            eprintln!("pg_branch: {what}: {ms:.1} ms");
+        }
+        self.last = Instant::now();
     }
+
+    /// The end of a step, where the tests of interrupted forks stop it:
+    /// with `PG_BRANCH_FORK_STOP_AT=<step>` the command stops itself
+    /// (SIGSTOP) there, for the test to kill it with SIGKILL. Without the
+    /// variable this only times the step.
+    fn reached(&mut self, step: &str, what: &str) {
+        self.lap(what);
+        if std::env::var("PG_BRANCH_FORK_STOP_AT").is_ok_and(|s| s == step) {
+            eprintln!("pg_branch: stopping at \"{step}\" (PG_BRANCH_FORK_STOP_AT)");
+            // SAFETY: raise() has no memory-safety preconditions.
+            unsafe { libc::raise(libc::SIGSTOP) };
+        }
+        self.last = Instant::now();
+    }
+}
+
+/// "1 file", "2 files".
+fn count(n: usize, what: &str) -> String {
+    format!("{n} {what}{}", if n == 1 { "" } else { "s" })
 }
 
 /// A tablespace's source location and where the fork puts it.
@@ -113,6 +137,10 @@ fn tablespace_sample(location: &Path, major: u32) -> Option<PathBuf> {
 
 pub fn run(o: &Options) -> Result<(), Failure> {
     let started = Instant::now();
+    let mut steps = Steps {
+        verbose: o.verbose,
+        last: started,
+    };
     // SAFETY: geteuid() has no preconditions.
     if unsafe { libc::geteuid() } == 0 {
         return Err(Failure::new("cannot be run as root")
@@ -196,13 +224,16 @@ pub fn run(o: &Options) -> Result<(), Failure> {
     for p in &placed {
         t.create_tablespace_dir(&p.dir, p.is_default)?;
     }
-    stop_point("created");
+    steps.reached(
+        "created",
+        "checked the source and the target, made the directories",
+    );
 
     // Step 3: the backup starts: a temporary slot keeps the WAL, and an
     // immediate checkpoint is its redo point. A kill ends our session, and
     // with it the backup and the slot; the source is as it was.
     let start_lsn = source.start_backup()?;
-    stop_point("started");
+    steps.reached("started", "pg_backup_start (its checkpoint)");
 
     // Step 4: the clones, while the source goes on writing. Database
     // directories are snapshots (or reflinks into new subvolumes),
@@ -210,17 +241,17 @@ pub fn run(o: &Options) -> Result<(), Failure> {
     let mut copied = Copied::default();
     let links: Vec<(u32, PathBuf)> = placed.iter().map(|p| (p.oid, p.dir.clone())).collect();
     copy::clone_data_dir(&source.data_dir, &data, &links, &mut copied)?;
-    stop_point("cloning");
+    steps.reached("cloning", "cloned the data directory");
     for p in &placed {
         copy::clone_tablespace(&p.location, source.major, &p.dir, &mut copied)?;
     }
     copy::clone_control_file(&source.data_dir, &data)?;
-    stop_point("cloned");
+    steps.reached("cloned", "cloned the tablespaces and pg_control");
 
     // Step 5: the backup stops; its label, and the WAL from its start to
     // its stop point, go into the fork. The session ends here.
     let stopped = source.stop_backup()?;
-    stop_point("stopped");
+    steps.reached("stopped", "pg_backup_stop");
     let first = wal::start_segment(&stopped.label, source.segment_size)?;
     let segments = wal::clone_wal(
         &source.data_dir.join("pg_wal"),
@@ -262,38 +293,42 @@ pub fn run(o: &Options) -> Result<(), Failure> {
     if let Some(id) = new_id {
         sysid::set_system_identifier(&data, system_identifier, id)?;
     }
+    let log = start::log_file(&data)?;
+    steps.lap("cloned the WAL, wrote the settings");
     for dir in std::iter::once(&data).chain(placed.iter().map(|p| &p.dir)) {
         pg_branch_storage::presync(dir).map_err(Failure::io("sync the filesystem of", dir))?;
     }
-    stop_point("written");
+    steps.reached("written", "synced the filesystems");
     t.finish()?;
     eprintln!(
-        "pg_branch: forked {}\"{}\" into \"{}\" in {:.3} s: {} databases ({} snapshots), {} files, {} WAL segments; \
+        "pg_branch: forked {}\"{}\" into \"{}\" in {:.3} s: {} ({}), {}, {}; \
          consistent at {} (backup started at {}){}",
         if in_recovery { "the standby " } else { "" },
         source_dir.display(),
         data.display(),
         started.elapsed().as_secs_f64(),
-        copied.databases,
-        copied.snapshots,
-        copied.files,
-        segments,
+        count(copied.databases, "database"),
+        count(copied.snapshots, "snapshot"),
+        count(copied.files, "file"),
+        count(segments, "WAL segment"),
         format_lsn(stopped.lsn),
         format_lsn(start_lsn),
-        new_id.map(|id| format!("; new system identifier {id}")).unwrap_or_default()
+        new_id
+            .map(|id| format!("; new system identifier {id}"))
+            .unwrap_or_default()
     );
 
     // Step 7: start it, if asked. A fork that does not start is still a
     // complete data directory: the error says so and leaves it.
     let bindir = o.bindir.clone().unwrap_or(bindir);
     if o.start {
-        start::start(&bindir, &data)?;
+        start::start(&bindir, &data, &log)?;
     } else {
         eprintln!(
-            "pg_branch: start it with: {} -D {} -l {}/log/pg_ctl.log start",
+            "pg_branch: start it with: {} -D {} -l {} start",
             bindir.join("pg_ctl").display(),
             data.display(),
-            data.display()
+            log.display()
         );
     }
     Ok(())

@@ -4,24 +4,34 @@
 //! connections.
 
 use crate::failure::Failure;
-use std::path::Path;
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
-pub fn start(bindir: &Path, data: &Path) -> Result<(), Failure> {
+/// `<fork>/log/pg_ctl.log`, its directory made (before the fork is
+/// synced, so that the command it prints without `--start` works too).
+pub fn log_file(data: &Path) -> Result<PathBuf, Failure> {
     let log_dir = data.join("log");
-    std::fs::create_dir_all(&log_dir).map_err(Failure::io("create directory", &log_dir))?;
-    let log = log_dir.join("pg_ctl.log");
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&log_dir)
+        .map_err(Failure::io("create directory", &log_dir))?;
+    Ok(log_dir.join("pg_ctl.log"))
+}
+
+pub fn start(bindir: &Path, data: &Path, log: &Path) -> Result<(), Failure> {
     let pg_ctl = bindir.join("pg_ctl");
     let out = Command::new(&pg_ctl)
         .arg("-D")
         .arg(data)
         .arg("-l")
-        .arg(&log)
+        .arg(log)
         .args(["-w", "-t", "300", "start"])
         .output()
         .map_err(Failure::io("run", &pg_ctl))?;
     if !out.status.success() {
-        let tail: Vec<String> = std::fs::read_to_string(&log)
+        let tail: Vec<String> = std::fs::read_to_string(log)
             .unwrap_or_default()
             .lines()
             .rev()
