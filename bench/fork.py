@@ -71,7 +71,7 @@ def measure(c, root, label, gb):
     bb_ms, bb_bytes = basebackup_once(c, backup)
     remove(backup)
     p50 = statistics.median(times)
-    print(f"{gb:>5.2f} {label:>6} | {p50:>8.0f} {max(times):>7.0f} {statistics.median(extra) / 2**20:>9.2f} | "
+    print(f"{gb:>5.2f} {label:>6} | {p50:>8.0f} {max(times):>7.0f} {statistics.median(extra) / 1024:>9.0f} | "
           f"{started_ms:>11.0f} | {bb_ms:>10.0f} {bb_bytes / 2**30:>8.2f} | {bb_ms / p50:>5.0f}x", flush=True)
 
 
@@ -81,7 +81,7 @@ def main():
     shutil.chown(root, "postgres", "postgres")
     try:
         c.sql("CREATE EXTENSION pg_branch")
-        print(f"{'GB':>5} {'load':>6} | {'fork p50':>8} {'max':>7} {'extra MB':>9} | {'fork+start':>11} | "
+        print(f"{'GB':>5} {'load':>6} | {'fork p50':>8} {'max':>7} {'extra kB':>9} | {'fork+start':>11} | "
               f"{'basebackup':>10} {'GB':>8} | ratio  (ms; {RUNS} forks each)")
         for scale in SIZES:
             c.sql("DROP DATABASE IF EXISTS app_branch")

@@ -319,7 +319,7 @@ def test_bad_input_fails_clearly_and_leaves_nothing(source, ext4):
     source.sql("CREATE ROLE fork_nobody LOGIN")
     done = as_postgres(FORK, "fork", "--source-dsn", f"host={source.sock} port={source.port} user=fork_nobody",
                        "--target", target, "--port", "5529", tmap, check=False)
-    assert done.returncode == 1 and "permission denied" in done.stderr, done.stderr
+    assert done.returncode == 1 and "hint: Connect as a superuser" in done.stderr, done.stderr
     assert not target.exists() and not ts.exists()
     # As root; without a port.
     done = subprocess.run([FORK, "fork", "--source-dsn", "x", "--target", target, "--port", "5529"],
@@ -343,7 +343,10 @@ def test_a_fork_on_xfs(xfs):
     load = xfs.pgbench("-c", "2", "-T", "10", "--no-vacuum", "fx", background=True)
     try:
         assert wait_for(lambda: xfs.one("SELECT count(*) FROM pgbench_history", dbname="fx") > 20)
-        fork(xfs, f.data, f.port, "--start")
+        # Without --start it says how to start it, and that command works.
+        done = fork(xfs, f.data, f.port)
+        command = done.stderr.split("pg_branch: start it with: ", 1)[1].splitlines()[0].split()
+        as_postgres(*command[:-1], "-w", command[-1])
         assert load.poll() is None
         out = load.communicate(timeout=60)[0]
         assert load.returncode == 0, out
@@ -360,6 +363,51 @@ def test_a_fork_on_xfs(xfs):
         xfs.sql("DROP DATABASE fx WITH (FORCE)")
         xfs.sql("DROP TABLESPACE fxts")
 
+
+
+def test_a_debian_style_source_with_its_configuration_elsewhere_and_pg_wal_on_another_filesystem():
+    """As Debian's pg_createcluster lays a cluster out: postgresql.conf,
+    pg_hba.conf and pg_ident.conf in their own directory (the server
+    started with that directory, data_directory pointing at the data), and
+    pg_wal a symbolic link to another filesystem (initdb --waldir), whose
+    segments a fork copies instead of cloning."""
+    root = fresh_root(mount("PG_BRANCH_TEST_BTRFS") / "fork-debian")
+    shutil.rmtree(mount("PG_BRANCH_TEST_EXT4") / "fork-debian", ignore_errors=True)
+    waldir = owned_dir(mount("PG_BRANCH_TEST_EXT4") / "fork-debian") / "wal"
+    c = Cluster(root / "source", 5533).init(f"--waldir={waldir}")
+    etc = owned_dir(root / "etc")
+    for name in ("postgresql.conf", "pg_hba.conf", "pg_ident.conf"):
+        shutil.move(c.data / name, etc / name)
+        shutil.chown(etc / name, "postgres", "postgres")
+    with open(etc / "postgresql.conf", "a") as f:
+        f.write(f"data_directory = '{c.data}'\nhba_file = '{etc}/pg_hba.conf'\nident_file = '{etc}/pg_ident.conf'\n"
+                "include_if_exists = 'conf.d/local.conf'\n")
+    owned_dir(etc / "conf.d")
+    (etc / "conf.d" / "local.conf").write_text("work_mem = '7MB'\n")
+    as_postgres(PG_BIN / "pg_ctl", "-D", etc, "-l", root / "log", "-w", "start")
+    f = fork_of(c, owned_dir(root / "fork"), 5534)
+    try:
+        c.sql("CREATE DATABASE app")
+        c.pgbench("-i", "-s", "1", "-q", "app")
+        load = c.pgbench("-c", "2", "-T", "10", "--no-vacuum", "app", background=True)
+        assert wait_for(lambda: c.one("SELECT count(*) FROM pgbench_history", dbname="app") > 20)
+        fork(c, f.data, f.port, "--start")
+        out = load.communicate(timeout=60)[0]
+        assert load.returncode == 0, out
+        oracle(f, "app")
+        assert f.one("SHOW data_directory") == str(f.data)
+        assert f.one("SHOW config_file") == str(f.data / "postgresql.conf")
+        assert f.one("SHOW hba_file") == str(f.data / "pg_hba.conf")
+        assert f.one("SHOW work_mem") == "7MB"
+        assert f.one("SHOW port") == str(f.port)
+        assert not (f.data / "pg_wal").is_symlink() and (f.data / "pg_wal").is_dir()
+        # The source's configuration is as it was.
+        assert "#pg_branch" not in (etc / "postgresql.conf").read_text()
+        assert c.one("SHOW config_file") == str(etc / "postgresql.conf")
+    finally:
+        f.stop(check=False)
+        as_postgres(PG_BIN / "pg_ctl", "-D", etc, "-m", "fast", "-w", "stop", check=False)
+        shutil.rmtree(waldir.parent, ignore_errors=True)
 
 @contextmanager
 def small_xfs(path, size="300M"):
