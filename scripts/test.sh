@@ -15,6 +15,7 @@
 # fidelity, branch, filesystem, live-template and upgrade suites (FULL_VERSIONS,
 # SOME_TESTS). Every version then runs PostgreSQL's own regression suite
 # with and without pg_branch (scripts/regress.sh), one counted step each.
+# Last, the Debian package of PostgreSQL 15 is built and tested.
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 need_root
@@ -122,6 +123,22 @@ for v in $PG_VERSIONS; do
         esac
     fi
 done
+
+# The Debian package (scripts/package.sh) installed into Debian's own
+# PostgreSQL 15 with apt-get, used, removed and purged
+# (tests/test_package.py); then the source build goes back in its place.
+package_test() {
+    local deb
+    deb=$(PG_VERSION=15 bash scripts/package.sh) || return 1
+    ls -l "$deb"
+    PG_BRANCH_DEB=$deb PG_BIN=/usr/lib/postgresql/15/bin "$VENV/bin/pytest" -p no:cacheprovider -q -rfEs \
+        tests/test_package.py
+}
+if [ $# -eq 0 ] && [[ " $PG_VERSIONS " == *" 15 "* ]]; then
+    step "the Debian package: built, installed with apt-get into PostgreSQL 15, used, removed, purged" package_test
+    (PG_VERSION=15 PG_BIN=/usr/lib/postgresql/15/bin PG_CONFIG=/usr/lib/postgresql/15/bin/pg_config install_extension) ||
+        { failed=$((failed + 1)); echo "FAILED: reinstall into PostgreSQL 15" >&2; }
+fi
 
 echo
 echo "$passed passed, $failed failed$([ "$skipped" -gt 0 ] && echo ", $skipped skipped")"
