@@ -24,7 +24,7 @@
 //! the backup label repairs, with the full-page images written meanwhile.
 
 use crate::failure::Failure;
-use pg_branch_storage::{clone_dir_unsynced, clone_file, database_dir_name, probe, Sync};
+use pg_branch_storage::{clone_dir_unsynced, clone_file, database_dir_name, probe};
 use std::fs;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -170,7 +170,7 @@ fn clone_databases(src: &Path, dst: &Path, copied: &mut Copied) -> Result<(), Fa
                 )))
             }
         };
-        let cloned = clone_dir_unsynced(&from, &to, method, Sync::Filesystem)?;
+        let cloned = clone_dir_unsynced(&from, &to, method)?;
         copied.databases += 1;
         copied.files += cloned.files;
         if method == pg_branch_storage::Method::Snapshot {

@@ -34,30 +34,28 @@ pub struct Cloned {
 /// On error a partly built `dst` may remain; the caller removes it with
 /// [`remove_dir`](crate::remove_dir) (pg_branch's error cleanup does).
 pub fn clone_dir(src: &Path, dst: &Path, method: Method) -> Result<Cloned, Error> {
-    let cloned = clone_dir_unsynced(src, dst, method, Sync::EachFile)?;
+    let cloned = clone_into(src, dst, method, Sync::EachFile)?;
     fsync_path(dst)?;
     fsync_path(&parent_of(dst))?;
     Ok(cloned)
 }
 
+/// [`clone_dir`] without making anything durable: for a caller that clones
+/// many directories of one filesystem (`pg_branch fork`) and syncs the
+/// filesystem once at the end, instead of paying a log commit per file.
+pub fn clone_dir_unsynced(src: &Path, dst: &Path, method: Method) -> Result<Cloned, Error> {
+    clone_into(src, dst, method, Sync::Filesystem)
+}
+
 /// Whether [`reflink_files`] fsyncs each clone, or leaves that to one
 /// `syncfs` of the filesystem by the caller.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Sync {
+pub(crate) enum Sync {
     EachFile,
     Filesystem,
 }
 
-/// [`clone_dir`] without making the result durable unless `sync` says each
-/// file: a caller that clones many directories of one filesystem
-/// (`pg_branch fork`) passes [`Sync::Filesystem`] and syncs the filesystem
-/// once at the end instead of paying a log commit per file.
-pub fn clone_dir_unsynced(
-    src: &Path,
-    dst: &Path,
-    method: Method,
-    sync: Sync,
-) -> Result<Cloned, Error> {
+fn clone_into(src: &Path, dst: &Path, method: Method, sync: Sync) -> Result<Cloned, Error> {
     let parent = parent_of(dst);
     let mut skipped_temp_files = 0;
     let mut files = 0;

@@ -34,7 +34,7 @@ mod probe;
 mod reflink;
 mod usage;
 
-pub use clone::{clone_dir, clone_dir_unsynced, Cloned, Sync};
+pub use clone::{clone_dir, clone_dir_unsynced, Cloned};
 pub use convert::{convert_to_subvolume, remove_convert_leftover, Converted};
 pub use error::{errno_text, Error};
 pub use fsutil::{exchange_dirs, presync, remove_dir};
