@@ -89,8 +89,15 @@ install_extension() {
             --pg-config "$PG_CONFIG" --no-default-features --features "pg$PG_VERSION" "$@") >&2
     fi
     # The command-line tool (pg_branch fork) goes beside pg_ctl and
-    # pg_basebackup. It speaks the wire protocol, so one build serves
-    # every version.
-    (cd "$REPO" && cargo build --release -p pg_branch_fork) >&2
-    install -m 755 "$REPO/target/release/pg_branch" "$("$PG_CONFIG" --bindir)/pg_branch"
+    # pg_basebackup.
+    local tool
+    tool=$(build_command_line_tool) || return 1
+    install -m 755 "$tool" "$("$PG_CONFIG" --bindir)/pg_branch"
+}
+
+# build_command_line_tool: build `pg_branch` (fork/), print its path. It
+# speaks the wire protocol, so one build serves every version.
+build_command_line_tool() {
+    (cd "$REPO" && cargo build --release -p pg_branch_fork) >&2 || return 1
+    echo "$REPO/target/release/pg_branch"
 }

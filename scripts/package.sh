@@ -27,7 +27,7 @@ flags=()
 
 say "PostgreSQL $v: cargo pgrx package"
 (cd "$REPO" && CARGO_TARGET_DIR="$target" cargo pgrx package --pg-config "$PG_CONFIG" "${flags[@]}") >&2
-(cd "$REPO" && cargo build --release -p pg_branch_fork) >&2
+tool=$(build_command_line_tool)
 built="$target/release/pg_branch-pg$v"
 
 stage="$REPO/target/deb/${name}_${version}_$arch"
@@ -38,10 +38,10 @@ bin="$stage/usr/lib/postgresql/$v/bin"
 doc="$stage/usr/share/doc/$name"
 mkdir -p "$lib" "$ext" "$bin" "$doc" "$stage/DEBIAN"
 install -m 644 "$built$("$PG_CONFIG" --pkglibdir)/pg_branch.so" "$lib/"
+# The control file, the install script, and the upgrade scripts (which
+# cargo pgrx package copies from sql/).
 install -m 644 "$built$("$PG_CONFIG" --sharedir)"/extension/pg_branch* "$ext/"
-# cargo pgrx package writes the install script; the upgrade scripts are ours.
-install -m 644 "$REPO"/sql/pg_branch--*--*.sql "$ext/"
-install -m 755 "$REPO/target/release/pg_branch" "$bin/pg_branch"
+install -m 755 "$tool" "$bin/pg_branch"
 strip --strip-unneeded "$lib/pg_branch.so" "$bin/pg_branch"
 install -m 644 "$REPO/README.md" "$doc/README.md"
 cat >"$doc/copyright" <<EOF
